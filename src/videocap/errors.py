@@ -1,0 +1,48 @@
+"""The exceptions videocap raises at its boundaries (paths, user input, configs).
+
+Every error a user can cause derives from `VideocapError`; the CLI turns any of them into a one-line message on
+stderr and exit code 2. Internal invariants use `assert` instead and are bugs when they fire.
+"""
+
+from __future__ import annotations
+
+
+class VideocapError(Exception):
+    """Base of every error caused by input videocap was given (as opposed to a bug in videocap)."""
+
+
+class VideoError(VideocapError):
+    """A video could not be used. `path` names the file, `reason` says why in one line."""
+
+    def __init__(self, path: str | None, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if path else reason)
+
+    def with_path(self, path: str) -> VideoError:
+        """The same error, naming `path` (for errors raised where the path was not known)."""
+        return type(self)(path, self.reason)
+
+
+class VideoNotFoundError(VideoError, FileNotFoundError):
+    """The path does not exist."""
+
+
+class NotAVideoError(VideoError):
+    """The path is a directory, an empty file, or a file FFmpeg does not recognise as a media container."""
+
+
+class NoVideoStreamError(VideoError):
+    """The container holds no video stream (an audio-only file, say)."""
+
+
+class TruncatedVideoError(VideoError):
+    """The file ends before the data its container promises (a cut-off download or copy)."""
+
+
+class CorruptVideoError(VideoError):
+    """The stream holds data the decoder cannot decode (an error in the middle of the stream)."""
+
+
+class WindowError(VideoError, ValueError):
+    """A [start, end] window that lies outside the video or is empty."""
