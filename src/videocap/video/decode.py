@@ -29,7 +29,7 @@ import av
 import numpy as np
 
 from videocap.errors import CorruptVideoError, TruncatedVideoError
-from videocap.video.probe import count_packets, describe, open_container
+from videocap.video.probe import count_packets, describe, frame_rotation, open_container, with_rotation
 from videocap.video.sampling import Timeline
 
 # Without a container index we cannot tell whether a keyframe lies ahead: decode forward up to this far
@@ -59,6 +59,7 @@ class _Position:
     frames: Iterator | None = None
     prev: object | None = None  # av.VideoFrame
     pending: object | None = None  # av.VideoFrame
+    drained: bool = False  # the decoder was flushed after a target: nothing more comes without a seek
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ class VideoReader:
         self.threads = threads
         self._open()
         try:
-            self.info, self.timeline = describe(self.path, self._container, self._stream, count_frames)
+            # rotation=0 spares a decode here: the first frame we decode corrects it (`_rgb`).
+            self.info, self.timeline = describe(self.path, self._container, self._stream, count_frames, rotation=0)
         except BaseException:
             self._container.close()
             raise
@@ -101,6 +103,9 @@ class VideoReader:
         self._start = self._stream.start_time or 0
         self._keys = _index_keyframes(self._stream, self._tb, self._start)
         self._seekable = True
+        self._mode = SeekMode.EXACT  # the mode decoder threading was chosen for
+        self._drain_at: float | None = None  # flush the decoder once the packet shown at this time is in
+        self._target: float | None = None  # the time exact mode is decoding towards
         self._last_key: tuple[int, object] | None = None  # (index stamp, frame) of the last keyframe decoded
         self.warnings: list[str] = []
         self.partial = False
@@ -123,9 +128,13 @@ class VideoReader:
         if any(b < a for a, b in zip(timestamps, timestamps[1:])):
             raise ValueError("iter_frames needs ascending timestamps; use read() for any order")
         size = self._output_size(max_side)
+        self._threading(mode)
         last: DecodedFrame | None = None  # targets sharing a frame are adjacent: convert it once
-        for t in timestamps:
-            frame = self._exact(t) if mode is SeekMode.EXACT else self._keyframe(t)
+        for k, t in enumerate(timestamps):
+            if mode is SeekMode.EXACT:
+                frame = self._exact(t, timestamps[k + 1] if k + 1 < len(timestamps) else None)
+            else:
+                frame = self._keyframe(t)
             ts = self._time(frame)
             if last is None or last.timestamp != ts:
                 last = DecodedFrame(t, ts, self._rgb(frame, size))
@@ -142,10 +151,19 @@ class VideoReader:
 
     # -- exact mode ----------------------------------------------------------------------------------------
 
-    def _exact(self, t: float):
-        if self._should_seek(t):
-            self._seek(t)
-        frame = self._nearest(t)
+    def _exact(self, t: float, after: float | None):
+        """The frame nearest `t`; `after` is the next target, if any, which decides whether to keep decoding."""
+        # When the next target needs a seek anyway, flush the decoder as soon as the target's packet is in:
+        # the target comes out without decoding the frames that a threaded or reordering decoder keeps
+        # in flight behind it.
+        self._drain_at = t if after is None or self._keyframe_between(t, after) else None
+        self._target = t
+        try:
+            if self._should_seek(t):
+                self._seek(t)
+            frame = self._nearest(t)
+        finally:
+            self._drain_at = self._target = None
         if frame is None:  # the stream ended before the first frame we needed
             raise self._truncated(t)
         if self._missing(t, self._time(frame)):
@@ -173,6 +191,12 @@ class VideoReader:
         now = self._time(here)
         if t < now - self._half_frame():
             return True  # behind us: only a seek goes back
+        if pos.drained and (pos.pending is None or self._time(pos.pending) < t):
+            return True
+        return self._keyframe_between(now, t)
+
+    def _keyframe_between(self, now: float, t: float) -> bool:
+        """Whether seeking to `t` from `now` skips decoding work (a keyframe lies after `now`, at or before `t`)."""
         if not self._seekable:
             return False
         if not self._keys:
@@ -251,9 +275,19 @@ class VideoReader:
 
     def _open(self) -> None:
         self._container, self._stream = open_container(self.path)
-        cc = self._stream.codec_context
-        cc.thread_type, cc.thread_count = "AUTO", self.threads
         self._pos = _Position()
+
+    def _threading(self, mode: SeekMode) -> None:
+        """Choose decoder threading before the codec opens (on the first read; the first mode decides).
+
+        Exact mode decodes runs of frames: frame threading overlaps them. Keyframe mode decodes single frames
+        and drains the decoder after each, which frame threading makes several times slower: slices only.
+        """
+        cc = self._stream.codec_context
+        if not cc.is_open:
+            self._mode = mode
+            cc.thread_type = "AUTO" if mode is SeekMode.EXACT else "SLICE"
+            cc.thread_count = self.threads
 
     def _seek_to(self, stamp: int | None) -> None:
         """Seek to the keyframe at or before `stamp` (stream time base; None: the start)."""
@@ -265,6 +299,7 @@ class VideoReader:
         if not self._seekable:
             self._container.close()
             self._open()
+            self._threading(self._mode)
         self._pos = _Position(frames=self._frames())
 
     def _packets(self) -> Iterator:
@@ -274,8 +309,31 @@ class VideoReader:
             self._damaged(f"reading the stream failed ({e})", e)
 
     def _frames(self) -> Iterator:
+        cc = self._stream.codec_context
         for packet in self._packets():
+            skip = "NONREF" if self._skippable(packet) else "DEFAULT"
+            if cc.skip_frame != skip:
+                cc.skip_frame = skip
             yield from self._decode(packet)
+            if self._drain_at is not None and packet.pts is not None and self._is_target(packet.pts):
+                self._pos.drained = True
+                yield from self._decode(None)
+                return
+
+    def _skippable(self, packet) -> bool:
+        """Whether the decoder may drop this packet's frame if no other frame references it.
+
+        Frames more than one frame before the target are never returned; the ones nothing references (most
+        B-frames) need not be decoded at all. At a variable rate the frame before the target may be far, so
+        nothing is skipped there.
+        """
+        if self._target is None or packet.pts is None or self.timeline.times is not None:
+            return False
+        return float((packet.pts - self._start) * self._tb) < self._target - 2 * self._half_frame()
+
+    def _is_target(self, pts: int) -> bool:
+        reach = _SAME_TIME_S if self.timeline.times is not None else self._half_frame()
+        return abs(float((pts - self._start) * self._tb) - self._drain_at) <= reach
 
     def _decode(self, packet) -> list:
         try:
@@ -352,7 +410,9 @@ class VideoReader:
         # a downscale uses area averaging, the right filter for large reductions.
         interpolation = "AREA" if resize else "BICUBIC"
         image = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation=interpolation, **options)
-        turns = self.info.rotation // 90
+        rotation = frame_rotation(frame)
+        self.info = with_rotation(self.info, rotation)
+        turns = rotation // 90
         if turns:
             image = np.rot90(image, k=-turns)  # rot90 turns counter-clockwise; rotation is clockwise
         return np.ascontiguousarray(image)

@@ -13,7 +13,7 @@ stream gets its exact frame times from the same demux-only pass.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from fractions import Fraction
 
@@ -109,12 +109,17 @@ def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
 
 
 def describe(
-    path: str, container, stream, count_frames: bool = True
+    path: str, container, stream, count_frames: bool = True, rotation: int | None = None
 ) -> tuple[VideoInfo, Timeline]:
-    """Facts and frame timeline of an open container."""
+    """Facts and frame timeline of an open container.
+
+    The display rotation is read off the first frame (decoding it) unless the caller gives it; readers pass 0
+    and correct it from the first frame they decode anyway (`with_rotation`).
+    """
     tb = stream.time_base or Fraction(1, av.time_base)
     fps = _average_fps(stream)
-    rotation = _display_rotation(path, container, stream)
+    if rotation is None:
+        rotation = _display_rotation(path, container, stream)
     truncated = _index_past_end(stream, container.size)
 
     count, source, times = stream.frames, CountSource.CONTAINER, None
@@ -237,15 +242,28 @@ def _index_past_end(stream, file_size: int) -> bool:
     return last.pos >= 0 and last.pos + last.size > file_size
 
 
+def with_rotation(info: VideoInfo, rotation: int) -> VideoInfo:
+    """`info` for a stream turned `rotation` degrees clockwise for display (width and height swapped as needed)."""
+    if rotation == info.rotation:
+        return info
+    turned = (rotation - info.rotation) % 180 == 90
+    width, height = (info.height, info.width) if turned else (info.width, info.height)
+    return replace(info, rotation=rotation, width=width, height=height)
+
+
+def frame_rotation(frame) -> int:
+    """Clockwise display rotation of a decoded frame (FFmpeg reports it counter-clockwise, in -180..180)."""
+    return (-round(frame.rotation / 90) * 90) % 360
+
+
 def _display_rotation(path: str, container, stream) -> int:
     """Clockwise display rotation from the stream's display matrix, read off the first decoded frame.
 
-    PyAV exposes the display matrix only on frames. This leaves the container past its first frame: readers
-    seek before decoding.
+    PyAV exposes the display matrix only on frames. This leaves the container past its first frame.
     """
     try:
         for frame in container.decode(stream):
-            return (-round(frame.rotation / 90) * 90) % 360
+            return frame_rotation(frame)
     except av.error.FFmpegError as e:
         raise CorruptVideoError(path, f"decoding failed at the first frame ({e})") from e
     raise NotAVideoError(path, "the video stream holds no decodable frame")

@@ -1,0 +1,243 @@
+"""The `videocap` command line: a thin client of the Python API (videocap.video today).
+
+Every user-caused error ends as one line on stderr and exit code 2; nothing here knows how decoding works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from videocap import __version__
+from videocap.errors import VideocapError
+from videocap.video import Every, Fps, Frames, SeekMode, Uniform, Uniform16, VideoInfo, layout, probe, sample
+
+DESCRIPTION = """\
+videocap answers questions about videos and captions them with LLaVA-style video-language models
+(ShareGPT4Video-8B, ShareCaptioner-Video). Run `videocap COMMAND --help` for a command's options."""
+
+FRAMES_EPILOG = """\
+strategies (N = frames in the video or window):
+  uniform16  ShareGPT4Video-8B's sampling: seg=(N-1)/n, frame k = int(seg/2) + round(seg*k); --frames n (16)
+  uniform    n frames evenly spread, first and last included (ShareCaptioner-Video's demo); --frames n
+  every      one frame every int(seconds*fps) frames, at least 1 (ShareCaptioner-Video); --seconds (2)
+  fps        --rate frames per second at interval centres, at most --max-frames (then spread evenly)
+
+seek modes:
+  exact      decode from the keyframe before each frame to the frame itself (the frame sampling asked for)
+  keyframe   decode only the nearest keyframe: much faster, but sparse keyframes repeat frames; the times
+             actually used are reported
+
+examples:
+  videocap frames clip.mp4 --layout grid -o grid.png
+  videocap frames clip.mp4 --strategy every --seconds 2 --layout strip -o strip.png
+  videocap frames clip.mp4 --strategy uniform --frames 8 --dir frames/ --start 10 --end 40"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except VideocapError as e:
+        print(f"videocap: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("videocap: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videocap", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"videocap {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    info = commands.add_parser(
+        "info", help="describe a video: duration, frames, fps, size, rotation, codec",
+        description="Print what a video is: duration, frame count (and where it came from), average fps, "
+        "size as displayed, rotation, codec, pixel format, audio. Reads the container's metadata; decodes "
+        "only the first frame (for rotation) and demuxes the packets only when the container has no frame count.",
+    )
+    info.add_argument("video", help="path to the video file")
+    info.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    info.add_argument(
+        "--no-count", dest="count", action="store_false",
+        help="when the container has no frame count, estimate it as duration x fps instead of counting packets",
+    )
+    info.set_defaults(run=run_info)
+
+    frames = commands.add_parser(
+        "frames", help="sample frames of a video and write them, or their grid/strip/pair layout",
+        description="Sample frames of a video with one of the models' strategies, decode them, and write the "
+        "layout image (-o) and/or the individual frames (--dir).",
+        epilog=FRAMES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    frames.add_argument("video", help="path to the video file")
+    frames.add_argument("--strategy", choices=["uniform16", "uniform", "every", "fps"], default="uniform16",
+                        help="how frames are chosen (default: uniform16; see below)")
+    frames.add_argument("--frames", type=_positive_int, default=16, metavar="N",
+                        help="frames to sample for uniform16 and uniform (default: 16)")
+    frames.add_argument("--seconds", type=_positive_float, default=2.0, metavar="S",
+                        help="interval for --strategy every (default: 2)")
+    frames.add_argument("--rate", type=_positive_float, default=1.0, metavar="FPS",
+                        help="frames per second for --strategy fps (default: 1)")
+    frames.add_argument("--max-frames", type=_positive_int, default=None, metavar="N",
+                        help="cap for --strategy fps (default: none)")
+    frames.add_argument("--start", type=_seconds, default=None, metavar="S",
+                        help="window start in seconds (default: the beginning)")
+    frames.add_argument("--end", type=_seconds, default=None, metavar="S",
+                        help="window end in seconds (default: the end)")
+    frames.add_argument("--mode", choices=[m.value for m in SeekMode], default=SeekMode.EXACT.value,
+                        help="exact frames or nearest keyframes (default: exact)")
+    frames.add_argument("--max-side", type=_positive_int, default=None, metavar="PX",
+                        help="downscale frames so their longest side is at most PX while converting to RGB "
+                        "(cheaper for 4K sources; default: full size)")
+    frames.add_argument("--allow-partial", action="store_true",
+                        help="sample the decodable part of a truncated or damaged file instead of failing")
+    frames.add_argument("--threads", type=_nonnegative_int, default=0, metavar="N",
+                        help="decoder threads (default: 0, one per core)")
+    frames.add_argument("--layout", choices=["grid", "strip", "pair", "none"], default="grid",
+                        help="what -o writes: ShareGPT4Video-8B grid, ShareCaptioner-Video labelled strip, "
+                        "the sliding captioner's frame pair (needs exactly 2 frames), or nothing (default: grid)")
+    frames.add_argument("-o", "--output", metavar="IMAGE", help="write the layout image here (.png, .jpg, ...)")
+    frames.add_argument("--dir", metavar="DIR",
+                        help="write each frame here as frame_<k>_<seconds>s.<ext> (created if missing)")
+    frames.add_argument("--ext", choices=["png", "jpg"], default="png", help="image type for --dir (default: png)")
+    frames.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    frames.set_defaults(run=run_frames)
+    return parser
+
+
+def run_info(args: argparse.Namespace) -> int:
+    info = probe(args.video, count_frames=args.count)
+    if args.json:
+        print(json.dumps(info.to_dict()))
+    else:
+        print(format_info(info))
+    if info.truncated:
+        print(f"videocap: warning: {info.path}: truncated: the container's index points past the end of the file",
+              file=sys.stderr)
+    return 0
+
+
+def run_frames(args: argparse.Namespace) -> int:
+    strategy = {
+        "uniform16": lambda: Uniform16(args.frames),
+        "uniform": lambda: Uniform(args.frames),
+        "every": lambda: Every(args.seconds),
+        "fps": lambda: Fps(args.rate, args.max_frames),
+    }[args.strategy]()
+    result = sample(args.video, strategy, start=args.start, end=args.end, mode=SeekMode(args.mode),
+                    max_side=args.max_side, allow_partial=args.allow_partial, threads=args.threads)
+    for warning in result.warnings:
+        print(f"videocap: warning: {args.video}: {warning}", file=sys.stderr)
+    written = []
+    if args.output and args.layout != "none":
+        image = compose(result, args.layout)
+        _save(image, args.output)
+        written.append(args.output)
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)
+        for k, (t, im) in enumerate(zip(result.timestamps, result.pil())):
+            path = os.path.join(args.dir, f"frame_{k:03d}_{t:09.3f}s.{args.ext}")
+            _save(im, path)
+            written.append(path)
+    if args.json:
+        print(json.dumps({
+            "path": args.video, "strategy": args.strategy, "mode": result.mode.value,
+            "indices": list(result.indices), "requested": list(result.requested),
+            "timestamps": list(result.timestamps), "partial": result.partial,
+            "warnings": list(result.warnings), "written": written,
+        }))
+    else:
+        times = ", ".join(f"{t:.2f}" for t in result.timestamps)
+        print(f"{len(result)} frames ({result.mode.value}) at {times} s")
+        for path in written[:1] if args.output else []:
+            print(f"wrote {path}")
+        if args.dir:
+            print(f"wrote {len(result)} frames to {args.dir}")
+    return 0
+
+
+def compose(frames: Frames, kind: str):
+    if kind == "grid":
+        return layout.grid(frames.images)
+    if kind == "strip":
+        return layout.strip(frames.images)
+    if len(frames) != 2:
+        raise VideocapError(f"--layout pair needs exactly 2 frames, the strategy gave {len(frames)}; "
+                            "try --strategy uniform --frames 2")
+    return layout.pair(frames.images[0], frames.images[1])
+
+
+def format_info(info: VideoInfo) -> str:
+    count_from = {"container": "from the container", "counted": "counted", "estimated": "estimated"}
+    rows = [
+        ("file", info.path),
+        ("container", info.format),
+        ("codec", f"{info.codec} ({info.pix_fmt}, {info.bit_depth}-bit)"),
+        ("size", f"{info.width}x{info.height} as displayed" + (f", rotated {info.rotation} deg" if info.rotation else "")),
+        ("fps", f"{info.fps:.3f} average" + (" (variable frame rate)" if info.variable_frame_rate else "")),
+        ("duration", f"{info.duration:.3f} s"),
+        ("frames", f"{info.num_frames} ({count_from[info.num_frames_source.value]})"),
+        ("audio", "yes" if info.has_audio else "no"),
+        ("file size", f"{info.size_bytes / 1e6:.2f} MB"),
+    ]
+    if info.truncated:
+        rows.append(("damage", "truncated (the index points past the end of the file)"))
+    return "\n".join(f"{name:<10} {value}" for name, value in rows)
+
+
+def _save(image, path: str) -> None:
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    try:
+        image.save(path)
+    except (ValueError, OSError) as e:
+        raise VideocapError(f"{path}: cannot write the image ({e})") from e
+
+
+def _positive_int(text: str) -> int:
+    value = _parse(int, text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = _parse(int, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _parse(float, text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = _parse(float, text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return value
+
+
+def _parse(kind, text: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a valid {kind.__name__}: {text!r}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
