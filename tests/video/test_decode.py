@@ -141,3 +141,13 @@ def test_iter_frames_streams_in_order(h264):
         assert codes == [i * 15 for i in range(8)]
         with pytest.raises(ValueError):
             list(reader.iter_frames([1.0, 0.5]))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_results_do_not_depend_on_the_number_of_threads(h264, threads):
+    for mode in SeekMode:
+        frames = sample(h264, Uniform16(), mode=mode, threads=threads)
+        reference = sample(h264, Uniform16(), mode=mode, threads=1)
+        assert frames.timestamps == reference.timestamps
+        assert all(np.array_equal(a, b) for a, b in zip(frames.images, reference.images))
+    assert barcodes(sample(h264, Uniform16(), threads=threads)) == list(sample(h264, Uniform16()).indices)
