@@ -6,8 +6,9 @@
 
 Clips: 1920x1080 H.264 (libx264, yuv420p, 30 fps, a keyframe every 60 frames, no scene-cut keyframes) of 10, 60
 and 300 s, generated once into benchmarks/.cache/ (git-ignored). Each measurement opens the file afresh and
-is the median of --repeat runs; wall seconds and CPU seconds (all threads of the process) per video. (a) and (b)
-are checked to return identical pixels.
+is the median of --repeat rounds; wall seconds and CPU seconds (all threads of the process) per video. (a) and (b)
+are checked to return identical pixels. The three run interleaved, round by round, so that drift in the
+machine's speed falls on all of them alike; (a) converts with the same persistent swscale context as videocap.
 
     python benchmarks/decode.py [--lengths 10 60 300] [--threads 0 1] [--repeat 3] [--json out.json]
 """
@@ -113,10 +114,11 @@ def full_decode(path: Path, threads: int) -> list[np.ndarray]:
         stream = container.streams.video[0]
         stream.codec_context.thread_type, stream.codec_context.thread_count = "AUTO", threads
         wanted = set(_indices(stream.frames))
+        convert = av.video.reformatter.VideoReformatter()  # the same conversion videocap uses
         out = []
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
-                out.append(frame.to_ndarray(format="rgb24", interpolation="BICUBIC"))
+                out.append(convert.reformat(frame, format="rgb24", interpolation="BICUBIC", threads=1).to_ndarray())
         return out
 
 
@@ -126,14 +128,19 @@ def _indices(n: int) -> list[int]:
     return list(plan(Uniform16(), Timeline(n, FPS)).indices)
 
 
-def measure(fn, repeat: int) -> tuple[float, float, object]:
-    walls, cpus, result = [], [], None
+def measure(fns: dict, repeat: int) -> dict[str, tuple[float, float, object]]:
+    """Median wall and CPU seconds of each function, the functions interleaved in every round so that
+    drift in the machine's speed falls on all of them alike."""
+    walls = {name: [] for name in fns}
+    cpus = {name: [] for name in fns}
+    results = {}
     for _ in range(repeat):
-        w0, c0 = time.perf_counter(), time.process_time()
-        result = fn()
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
-    return statistics.median(walls), statistics.median(cpus), result
+        for name, fn in fns.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            results[name] = fn()
+            walls[name].append(time.perf_counter() - w0)
+            cpus[name].append(time.process_time() - c0)
+    return {name: (statistics.median(walls[name]), statistics.median(cpus[name]), results[name]) for name in fns}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,9 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     for seconds, path in paths.items():
         mb = path.stat().st_size / 1e6
         for threads in args.threads:
-            a = measure(lambda: full_decode(path, threads), args.repeat)
-            b = measure(lambda: sample(path, Uniform16(), mode=SeekMode.EXACT, threads=threads), args.repeat)
-            c = measure(lambda: sample(path, Uniform16(), mode=SeekMode.KEYFRAME, threads=threads), args.repeat)
+            timed = measure({
+                "full": lambda: full_decode(path, threads),
+                "exact": lambda: sample(path, Uniform16(), mode=SeekMode.EXACT, threads=threads),
+                "keyframe": lambda: sample(path, Uniform16(), mode=SeekMode.KEYFRAME, threads=threads),
+            }, args.repeat)
+            a, b, c = timed["full"], timed["exact"], timed["keyframe"]
             same = all(np.array_equal(x, y) for x, y in zip(a[2], b[2].images)) and len(a[2]) == len(b[2].images)
             distinct_keys = len(set(c[2].timestamps))
             for name, (wall, cpu, _) in (("full", a), ("exact", b), ("keyframe", c)):

@@ -164,7 +164,7 @@ class VideoReader:
                 frame = decoder.keyframe(t)
             ts = decoder.time(frame)
             if last is None or last.timestamp != ts:
-                last = DecodedFrame(t, ts, self._rgb(frame, size))
+                last = DecodedFrame(t, ts, self._rgb(decoder, frame, size))
             yield DecodedFrame(t, ts, last.image)
 
     def _decoder(self, mode: SeekMode, threads: int) -> Decoder:
@@ -218,7 +218,7 @@ class VideoReader:
         scale = max_side / max(w, h)
         return max(1, round(w * scale)), max(1, round(h * scale))
 
-    def _rgb(self, frame, size: tuple[int, int]) -> np.ndarray:
+    def _rgb(self, decoder: Decoder, frame, size: tuple[int, int]) -> np.ndarray:
         w, h = size
         resize = (w, h) != (frame.width, frame.height)
         options = {}
@@ -227,7 +227,10 @@ class VideoReader:
         # Same-size conversion uses bicubic chroma upsampling like FFmpeg's scale filter (what decord runs);
         # a downscale uses area averaging, the right filter for large reductions.
         interpolation = "AREA" if resize else "BICUBIC"
-        image = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation=interpolation, threads=1, **options)
+        rgb = decoder.reformatter.reformat(
+            frame, width=w, height=h, format="rgb24", interpolation=interpolation, threads=1, **options
+        )
+        image = rgb.to_ndarray()
         rotation = frame_rotation(frame)
         self.info = with_rotation(self.info, rotation)
         turns = rotation // 90
