@@ -102,7 +102,9 @@ def test_ten_bit_source_becomes_8bit_rgb(make_video):
     path = make_video("hevc10.mp4", n=10, codec="libx265", pix_fmt="yuv420p10le")
     info = probe(path)
     assert info.bit_depth == 10 and info.pix_fmt == "yuv420p10le"
-    image = sample(path, Uniform(1)).images[0]
+    frames = sample(path, Uniform(1))
+    assert frames.info.bit_depth == 10 and frames.info.pix_fmt == "yuv420p10le"  # filled in from the frame
+    image = frames.images[0]
     assert image.dtype == np.uint8
     red = image[10:50, 10:60].reshape(-1, 3).mean(axis=0)
     assert red[0] > 200 and red[1] < 50 and red[2] < 50

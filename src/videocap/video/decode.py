@@ -32,7 +32,7 @@ import numpy as np
 
 from videocap.errors import TruncatedVideoError
 from videocap.video.decoder import Decoder, Keyframes, SeekMode, StreamFacts
-from videocap.video.probe import count_packets, describe, frame_rotation, open_container, with_rotation
+from videocap.video.probe import count_packets, describe, frame_rotation, open_container, with_frame_facts
 from videocap.video.sampling import Timeline
 
 __all__ = ["DecodedFrame", "SeekMode", "VideoReader"]
@@ -67,7 +67,7 @@ class VideoReader:
         self.threads = threads if threads > 0 else (os.cpu_count() or 1)
         self.warnings: list[str] = []
         self.partial = False
-        container, stream = open_container(self.path)
+        container, stream = open_container(self.path, light=True)
         try:
             # rotation=0 spares a decode here: the first frame converted corrects it (`_rgb`).
             self.info, self.timeline = describe(self.path, container, stream, count_frames, rotation=0)
@@ -231,9 +231,8 @@ class VideoReader:
             frame, width=w, height=h, format="rgb24", interpolation=interpolation, threads=1, **options
         )
         image = rgb.to_ndarray()
-        rotation = frame_rotation(frame)
-        self.info = with_rotation(self.info, rotation)
-        turns = rotation // 90
+        self.info = with_frame_facts(self.info, frame)
+        turns = frame_rotation(frame) // 90
         if turns:
             image = np.ascontiguousarray(np.rot90(image, k=-turns))  # rot90 turns counter-clockwise
         return image

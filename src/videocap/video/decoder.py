@@ -16,6 +16,7 @@ from fractions import Fraction
 import av
 
 from videocap.errors import CorruptVideoError, TruncatedVideoError
+from videocap.video.probe import open_container
 from videocap.video.sampling import Timeline
 
 # Without a container index we cannot tell whether a keyframe lies ahead: decode forward up to this far
@@ -105,7 +106,7 @@ class Decoder:
 
     def __init__(self, facts: StreamFacts, mode: SeekMode, threads: int, warnings: list[str], opened=None):
         self.facts, self.mode, self.threads, self.warnings = facts, mode, threads, warnings
-        self._container, self._stream = opened if opened is not None else reopen(facts.path, facts.stream_index)
+        self._container, self._stream = opened if opened is not None else open_container(facts.path, light=True)
         self._configure()
         self._seekable = True
         self._frames: Iterator | None = None  # what the decoder produces from the current position
@@ -241,7 +242,7 @@ class Decoder:
                 self._seekable = False  # e.g. GIF: read forward from the start instead
         if not self._seekable:
             self._container.close()
-            self._container, self._stream = reopen(self.facts.path, self.facts.stream_index)
+            self._container, self._stream = open_container(self.facts.path, light=True)
             self._configure()
         self._frames, self._prev, self._pending, self._drained = self._produce(), None, None, False
 
@@ -305,23 +306,6 @@ class Decoder:
 
     def _stamp(self, seconds: float) -> int:
         return self.facts.start + round(seconds / self.facts.time_base)
-
-
-def reopen(path: str, stream_index: int):
-    """Open an already described file again, for another decoder.
-
-    The stream-info probe inside `av.open` decodes the first frame, which costs as much as a keyframe decode;
-    a second open has no use for it and asks the probe's decoder to skip every frame.
-    """
-    skip = [{} for _ in range(stream_index)] + [{"skip_frame": "all"}]
-    try:
-        try:
-            container = av.open(path, metadata_errors="ignore", stream_options=skip)
-        except ValueError:  # formats that show their streams only after probing (MPEG-TS)
-            container = av.open(path, metadata_errors="ignore")
-    except av.error.FFmpegError as e:
-        raise CorruptVideoError(path, f"cannot open the file again for decoding ({e})") from e
-    return container, container.streams[stream_index]
 
 
 def _or(value: int | None) -> int:

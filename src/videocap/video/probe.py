@@ -32,6 +32,9 @@ from videocap.video.sampling import Timeline
 av.logging.set_level(None)  # FFmpeg's own log lines would interleave with ours; errors reach us as exceptions.
 
 
+UNKNOWN = "unknown"
+
+
 class CountSource(str, Enum):
     """Where `VideoInfo.num_frames` came from."""
 
@@ -77,9 +80,18 @@ def check_path(path: str) -> None:
         raise NotAVideoError(path, "empty file (0 bytes)")
 
 
-def open_container(path: str) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
-    """Open `path` and return the container and its first real video stream, or raise a `VideoError`."""
+def open_container(path: str, light: bool = False) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """Open `path` and return the container and its first real video stream, or raise a `VideoError`.
+
+    `light` skips the decoding inside FFmpeg's stream-info probe, which decodes the first frame only to learn
+    the pixel format (as costly as one more keyframe). The pixel format then stays unknown until a frame is
+    decoded (`with_frame_facts`). Formats that need the probe to find their streams or size get a full open.
+    """
     check_path(path)
+    if light:
+        opened = _open_light(path)
+        if opened is not None:
+            return opened
     try:
         container = av.open(path, metadata_errors="ignore")
     except PermissionError as e:
@@ -98,6 +110,18 @@ def open_container(path: str) -> tuple[av.container.InputContainer, av.video.str
     return container, streams[0]
 
 
+def _open_light(path: str):
+    try:
+        container = av.open(path, metadata_errors="ignore", stream_options=[{"skip_frame": "all"}] * 8)
+    except (ValueError, av.error.FFmpegError):
+        return None  # streams known only after probing (MPEG-TS), or a bad file: the full open reports it
+    video = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not video or not (video[0].codec_context.width and video[0].codec_context.height):
+        container.close()
+        return None
+    return container, video[0]
+
+
 def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
     """Describe the video at `path`. `count_frames=False` estimates the frame count where the container lacks one."""
     path = os.fspath(path)
@@ -114,7 +138,7 @@ def describe(
     """Facts and frame timeline of an open container.
 
     The display rotation is read off the first frame (decoding it) unless the caller gives it; readers pass 0
-    and correct it from the first frame they decode anyway (`with_rotation`).
+    and correct it from the first frame they decode anyway (`with_frame_facts`).
     """
     tb = stream.time_base or Fraction(1, av.time_base)
     fps = _average_fps(stream)
@@ -151,8 +175,7 @@ def describe(
         path=path,
         format=container.format.name,
         codec=stream.codec_context.name,
-        pix_fmt=pix.name if pix is not None else "unknown",
-        bit_depth=max((c.bits for c in pix.components), default=8) if pix is not None else 8,
+        **_format_facts(pix),
         width=width,
         height=height,
         rotation=rotation,
@@ -242,13 +265,23 @@ def _index_past_end(stream, file_size: int) -> bool:
     return last.pos >= 0 and last.pos + last.size > file_size
 
 
-def with_rotation(info: VideoInfo, rotation: int) -> VideoInfo:
-    """`info` for a stream turned `rotation` degrees clockwise for display (width and height swapped as needed)."""
-    if rotation == info.rotation:
+def with_frame_facts(info: VideoInfo, frame) -> VideoInfo:
+    """`info` completed from a decoded frame: its display rotation (width and height swapped as needed) and,
+    after a light open, its pixel format."""
+    rotation = frame_rotation(frame)
+    unknown_format = info.pix_fmt == UNKNOWN
+    if rotation == info.rotation and not unknown_format:
         return info
     turned = (rotation - info.rotation) % 180 == 90
     width, height = (info.height, info.width) if turned else (info.width, info.height)
-    return replace(info, rotation=rotation, width=width, height=height)
+    formats = _format_facts(frame.format) if unknown_format else {}
+    return replace(info, rotation=rotation, width=width, height=height, **formats)
+
+
+def _format_facts(pix) -> dict:
+    if pix is None:
+        return {"pix_fmt": UNKNOWN, "bit_depth": 8}
+    return {"pix_fmt": pix.name, "bit_depth": max((c.bits for c in pix.components), default=8)}
 
 
 def frame_rotation(frame) -> int:
