@@ -153,3 +153,21 @@ def test_results_do_not_depend_on_the_number_of_threads(h264, threads):
         assert frames.timestamps == reference.timestamps
         assert all(np.array_equal(a, b) for a, b in zip(frames.images, reference.images))
     assert barcodes(sample(h264, Uniform16(), threads=threads)) == list(sample(h264, Uniform16()).indices)
+
+
+def test_hdr_tagged_ten_bit_source_converts_with_its_own_matrix(make_video):
+    # BT.2020 matrix, PQ transfer, as HDR10 phones write: the RGB comes out 8-bit through the BT.2020 matrix
+    # (no tone mapping, as FFmpeg's scale filter does), so the red marker round-trips to red.
+    params = "log-level=error:colorprim=bt2020:transfer=smpte2084:colormatrix=bt2020nc"
+    path = make_video("hdr10.mp4", n=10, codec="libx265", pix_fmt="yuv420p10le", options={"x265-params": params})
+    frames = sample(path, Uniform(3))
+    red = frames.images[0][10:50, 10:60].reshape(-1, 3).mean(axis=0)
+    assert red[0] > 200 and red[1] < 50 and red[2] < 50
+    assert barcodes(frames) == [0, 5, 9]
+
+
+def test_one_frame_video_gives_that_frame_n_times(make_video):
+    path = make_video("single.mp4", n=1)
+    frames = sample(path, Uniform16())
+    assert frames.indices == (0,) * 16 and frames.timestamps == (0.0,) * 16
+    assert barcodes(frames) == [0] * 16
