@@ -121,8 +121,8 @@ def run_info(args: argparse.Namespace) -> int:
     else:
         print(format_info(info))
     if info.truncated:
-        print(f"videocap: warning: {info.path}: truncated: the container's index points past the end of the file",
-              file=sys.stderr)
+        print(f"videocap: warning: {info.path}: truncated: the data ends before what the container promises "
+              "(sampling needs --allow-partial)", file=sys.stderr)
     return 0
 
 
@@ -190,7 +190,7 @@ def format_info(info: VideoInfo) -> str:
         ("file size", f"{info.size_bytes / 1e6:.2f} MB"),
     ]
     if info.truncated:
-        rows.append(("damage", "truncated (the index points past the end of the file)"))
+        rows.append(("damage", "truncated (the data ends before what the container promises)"))
     return "\n".join(f"{name:<10} {value}" for name, value in rows)
 
 

@@ -28,6 +28,7 @@ def faststart(make_video):
 def bad(tmp_path, make_video, faststart):
     """name -> (path, expected exception type) for every kind of bad input."""
     plain = make_video("plain.mp4", n=60, options={"g": "30"})
+    mkv = make_video("plain.mkv", n=120, options={"g": "30"})
     (tmp_path / "folder.mp4").mkdir()
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "notes.mp4").write_text("these are my notes, not a video\n" * 50)
@@ -40,6 +41,7 @@ def bad(tmp_path, make_video, faststart):
         "audio only": (tmp_path / "song.m4a", NoVideoStreamError),
         "cut, index last": (cut(plain, tmp_path / "cut.mp4"), TruncatedVideoError),
         "cut, index first": (cut(faststart, tmp_path / "cut_fs.mp4"), TruncatedVideoError),
+        "cut matroska": (cut(mkv, tmp_path / "cut.mkv", 0.6), TruncatedVideoError),
         "corrupt middle": (corrupt_middle(faststart, tmp_path / "corrupt.mp4"), CorruptVideoError),
     }
 
@@ -52,6 +54,7 @@ REASONS = {
     "audio only": "no video stream (audio only)",
     "cut, index last": "moov",
     "cut, index first": "cut off",
+    "cut matroska": "cut off",
     "corrupt middle": "decoding failed",
 }
 
@@ -86,6 +89,14 @@ def test_truncated_file_with_allow_partial_samples_the_decodable_part(bad, capsy
     assert main(["frames", str(path), "--allow-partial", "--json", "-o", str(tmp_path / "g.png")]) == 0
     captured = capsys.readouterr()
     assert '"partial": true' in captured.out and "warning" in captured.err and (tmp_path / "g.png").exists()
+
+
+def test_truncated_matroska_with_allow_partial(bad):
+    path, _ = bad["cut matroska"]
+    assert probe(path).truncated  # its demuxing just ends: only the stated track duration tells
+    frames = sample(path, Uniform(3), allow_partial=True)
+    assert frames.partial and 30 < frames.indices[-1] < 119
+    assert [read_barcode(im) for im in frames.images] == [round(t * 30) for t in frames.timestamps]
 
 
 def test_corrupt_stream_with_allow_partial_skips_the_damage(bad):

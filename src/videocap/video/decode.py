@@ -32,7 +32,7 @@ import numpy as np
 
 from videocap.errors import TruncatedVideoError
 from videocap.video.decoder import Decoder, Keyframes, SeekMode, StreamFacts
-from videocap.video.probe import count_packets, describe, frame_rotation, open_container, with_frame_facts
+from videocap.video.probe import CountSource, count_packets, describe, frame_rotation, open_container, with_frame_facts
 from videocap.video.sampling import Timeline
 
 __all__ = ["DecodedFrame", "SeekMode", "VideoReader"]
@@ -185,15 +185,17 @@ class VideoReader:
 
     def _use_decodable_part(self, stream_index: int, keys: Keyframes) -> Keyframes:
         """Replace the index's timeline by the frames whose packets are whole, or refuse the truncated file."""
-        whole = f"{self.info.num_frames} frames ({self.info.duration:.2f} s)"
         if not self.allow_partial:
             self.close()
             raise TruncatedVideoError(
                 self.path,
-                f"the file is cut off: its index promises {whole} but the data ends early; "
-                "pass --allow-partial to sample the decodable part",
+                f"the file is cut off or damaged: its data ends before the {self.info.duration:.2f} s its "
+                "container promises; pass --allow-partial to sample the decodable part",
             )
-        times, _ = count_packets(self.path, stream_index, allow_errors=True)
+        if self.info.num_frames_source is CountSource.COUNTED:
+            times = list(self.timeline.times or (k / self.timeline.fps for k in range(self.timeline.num_frames)))
+        else:  # the index promised more than the file holds: count the packets that are whole
+            times, _ = count_packets(self.path, stream_index, allow_errors=True)
         if not times:
             self.close()
             raise TruncatedVideoError(self.path, "the file is cut off before its first whole frame")
@@ -202,7 +204,7 @@ class VideoReader:
         self.partial = True
         self.warnings.append(
             f"truncated file: sampled the decodable part, {len(times)} frames (0-{times[-1] + 1 / fps:.2f} s) "
-            f"of {whole}"
+            f"of the {self.info.duration:.2f} s its container promises"
         )
         return keys.up_to(times[-1])
 

@@ -62,7 +62,7 @@ class VideoInfo:
     variable_frame_rate: bool
     has_audio: bool
     size_bytes: int
-    truncated: bool  # the container's index points past the end of the file
+    truncated: bool  # the container's index points past the end of the file, or its packets break off
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -154,8 +154,9 @@ def describe(
         times = times or None
     if count <= 0:
         if count_frames:
-            times, _ = count_packets(path, stream.index, allow_errors=True)
+            times, error = count_packets(path, stream.index, allow_errors=True)
             count, source = len(times), CountSource.COUNTED
+            truncated = truncated or error is not None or _ends_early(container, stream, tb, times, fps)
         else:
             count, source = max(1, round(_duration(container, stream, tb) * fps)), CountSource.ESTIMATED
     if times:
@@ -217,6 +218,32 @@ def count_packets(path: str, stream_index: int, allow_errors: bool) -> tuple[lis
             error = str(e)
     times.sort()
     return times, error
+
+
+def _ends_early(container, stream, tb: Fraction, times: list[float], fps: float) -> bool:
+    """Whether counted packets stop well before the video stream's own stated duration (a cut-off Matroska
+    file ends its demuxing cleanly; only the duration written in its header tells)."""
+    stated = _video_duration(container, stream, tb)
+    if stated is None or not times or not fps:
+        return False
+    return times[-1] + 1 / fps < stated - max(0.5, 2 / fps)
+
+
+def _video_duration(container, stream, tb: Fraction) -> float | None:
+    """The video stream's own duration: its header field, Matroska's per-track DURATION tag, or the container's
+    duration when the video is the only stream. None when unknown (another stream may be longer)."""
+    if stream.duration:
+        return float(stream.duration * tb)
+    tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    if tag:
+        try:
+            hours, minutes, seconds = tag.split(":")
+            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        except ValueError:
+            pass
+    if len(container.streams) == 1 and container.duration:
+        return container.duration / av.time_base
+    return None
 
 
 def _average_fps(stream) -> float:
