@@ -13,7 +13,10 @@ from collections.abc import Sequence
 
 from videocap import __version__
 from videocap.errors import VideocapError
-from videocap.video import Every, Fps, Frames, SeekMode, Uniform, Uniform16, VideoInfo, layout, probe, sample
+from PIL import Image
+
+from videocap.video import Every, Fps, SeekMode, Uniform, Uniform16, VideoInfo, VideoReader, layout, probe
+from videocap.video.frames import choose
 
 DESCRIPTION = """\
 videocap answers questions about videos and captions them with LLaVA-style video-language models
@@ -133,47 +136,72 @@ def run_frames(args: argparse.Namespace) -> int:
         "every": lambda: Every(args.seconds),
         "fps": lambda: Fps(args.rate, args.max_frames),
     }[args.strategy]()
-    result = sample(args.video, strategy, start=args.start, end=args.end, mode=SeekMode(args.mode),
-                    max_side=args.max_side, allow_partial=args.allow_partial, threads=args.threads)
-    for warning in result.warnings:
-        print(f"videocap: warning: {args.video}: {warning}", file=sys.stderr)
-    written = []
-    if args.output and args.layout != "none":
-        image = compose(result, args.layout)
-        _save(image, args.output)
-        written.append(args.output)
+    mode = SeekMode(args.mode)
+    compose_layout = bool(args.output) and args.layout != "none"
     if args.dir:
-        os.makedirs(args.dir, exist_ok=True)
-        for k, (t, im) in enumerate(zip(result.timestamps, result.pil())):
-            path = os.path.join(args.dir, f"frame_{k:03d}_{t:09.3f}s.{args.ext}")
-            _save(im, path)
-            written.append(path)
+        _make_dir(args.dir)
+    written: list[str] = []
+    with VideoReader(args.video, allow_partial=args.allow_partial, threads=args.threads) as reader:
+        chosen = choose(reader, strategy, args.start, args.end)
+        if compose_layout:  # a layout needs every frame in memory at once
+            _check_memory(len(set(chosen.timestamps)), reader.output_size(args.max_side))
+            decoded = reader.read(chosen.timestamps, mode, args.max_side)
+        else:  # frames are written as they are decoded: memory stays flat however many there are
+            decoded = reader.iter_frames(chosen.timestamps, mode, args.max_side)
+        timestamps = []
+        images = []
+        for k, frame in enumerate(decoded):
+            timestamps.append(frame.timestamp)
+            if compose_layout:
+                images.append(frame.image)
+            if args.dir:
+                path = os.path.join(args.dir, f"frame_{k:03d}_{frame.timestamp:09.3f}s.{args.ext}")
+                _save(Image.fromarray(frame.image), path)
+                written.append(path)
+        warnings, partial = list(reader.warnings), reader.partial or bool(reader.warnings)
+    for warning in warnings:
+        print(f"videocap: warning: {args.video}: {warning}", file=sys.stderr)
+    if compose_layout:
+        _save(compose(images, args.layout), args.output)
+        written.insert(0, args.output)
     if args.json:
         print(json.dumps({
-            "path": args.video, "strategy": args.strategy, "mode": result.mode.value,
-            "indices": list(result.indices), "requested": list(result.requested),
-            "timestamps": list(result.timestamps), "partial": result.partial,
-            "warnings": list(result.warnings), "written": written,
+            "path": args.video, "strategy": args.strategy, "mode": mode.value,
+            "indices": list(chosen.indices), "requested": list(chosen.timestamps),
+            "timestamps": timestamps, "partial": partial, "warnings": warnings, "written": written,
         }))
     else:
-        times = ", ".join(f"{t:.2f}" for t in result.timestamps)
-        print(f"{len(result)} frames ({result.mode.value}) at {times} s")
-        for path in written[:1] if args.output else []:
-            print(f"wrote {path}")
+        times = ", ".join(f"{t:.2f}" for t in timestamps)
+        print(f"{len(timestamps)} frames ({mode.value}) at {times} s")
+        if compose_layout:
+            print(f"wrote {args.output}")
         if args.dir:
-            print(f"wrote {len(result)} frames to {args.dir}")
+            print(f"wrote {len(timestamps)} frames to {args.dir}")
     return 0
 
 
-def compose(frames: Frames, kind: str):
+# Frames held at once for a layout beyond this are refused rather than risking the machine's memory.
+MAX_LAYOUT_BYTES = 4 << 30
+
+
+def _check_memory(count: int, size: tuple[int, int]) -> None:
+    need = count * size[0] * size[1] * 3
+    if need > MAX_LAYOUT_BYTES:
+        raise VideocapError(
+            f"a layout of {count} frames of {size[0]}x{size[1]} needs {need / 2**30:.1f} GiB of frames in memory; "
+            "use fewer --frames, --max-side, or --dir alone (which streams)"
+        )
+
+
+def compose(images: list, kind: str):
     if kind == "grid":
-        return layout.grid(frames.images)
+        return layout.grid(images)
     if kind == "strip":
-        return layout.strip(frames.images)
-    if len(frames) != 2:
-        raise VideocapError(f"--layout pair needs exactly 2 frames, the strategy gave {len(frames)}; "
+        return layout.strip(images)
+    if len(images) != 2:
+        raise VideocapError(f"--layout pair needs exactly 2 frames, the strategy gave {len(images)}; "
                             "try --strategy uniform --frames 2")
-    return layout.pair(frames.images[0], frames.images[1])
+    return layout.pair(images[0], images[1])
 
 
 def format_info(info: VideoInfo) -> str:
@@ -195,13 +223,20 @@ def format_info(info: VideoInfo) -> str:
 
 
 def _save(image, path: str) -> None:
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
     try:
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
         image.save(path)
     except (ValueError, OSError) as e:
         raise VideocapError(f"{path}: cannot write the image ({e})") from e
+
+
+def _make_dir(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise VideocapError(f"{path}: cannot create the folder ({e.strerror or e})") from e
 
 
 def _positive_int(text: str) -> int:

@@ -28,8 +28,13 @@ class VideoNotFoundError(VideoError, FileNotFoundError):
     """The path does not exist."""
 
 
+class VideoAccessError(VideoError, PermissionError):
+    """The file exists but cannot be read (permissions)."""
+
+
 class NotAVideoError(VideoError):
-    """The path is a directory, an empty file, or a file FFmpeg does not recognise as a media container."""
+    """The path is a directory, not a regular file, an empty file, a still image, or a file FFmpeg does not
+    recognise as a media container."""
 
 
 class NoVideoStreamError(VideoError):
@@ -46,3 +51,7 @@ class CorruptVideoError(VideoError):
 
 class WindowError(VideoError, ValueError):
     """A [start, end] window that lies outside the video or is empty."""
+
+
+class LayoutError(VideocapError, ValueError):
+    """Frames that cannot be laid out as asked (none, mixed sizes, or a canvas too large to build)."""

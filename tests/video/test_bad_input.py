@@ -1,7 +1,12 @@
 """Bad input: each case is a typed VideoError in the API naming the file, and one line with exit code 2 in the CLI."""
 
+import os
+
+import av
+import numpy as np
 import pytest
 from helpers import corrupt_middle, cut, read_barcode
+from PIL import Image
 
 from videocap.cli import main
 from videocap.errors import (
@@ -13,7 +18,7 @@ from videocap.errors import (
     VideoNotFoundError,
     WindowError,
 )
-from videocap.video import Uniform, probe, sample
+from videocap.video import SeekMode, Uniform, Uniform16, VideoReader, probe, sample
 from videocap.video.encode import write_audio
 
 
@@ -33,12 +38,17 @@ def bad(tmp_path, make_video, faststart):
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "notes.mp4").write_text("these are my notes, not a video\n" * 50)
     write_audio(tmp_path / "song.m4a", 1.0)
+    Image.new("RGB", (64, 48), "red").save(tmp_path / "photo.png")
+    (tmp_path / "photo.png").rename(tmp_path / "photo.mp4")
+    os.mkfifo(tmp_path / "pipe.mp4")
     return {
         "missing": (tmp_path / "nope.mp4", VideoNotFoundError),
         "directory": (tmp_path / "folder.mp4", NotAVideoError),
         "empty": (tmp_path / "empty.mp4", NotAVideoError),
         "text": (tmp_path / "notes.mp4", NotAVideoError),
         "audio only": (tmp_path / "song.m4a", NoVideoStreamError),
+        "still image": (tmp_path / "photo.mp4", NotAVideoError),
+        "pipe": (tmp_path / "pipe.mp4", NotAVideoError),
         "cut, index last": (cut(plain, tmp_path / "cut.mp4"), TruncatedVideoError),
         "cut, index first": (cut(faststart, tmp_path / "cut_fs.mp4"), TruncatedVideoError),
         "cut matroska": (cut(mkv, tmp_path / "cut.mkv", 0.6), TruncatedVideoError),
@@ -52,6 +62,8 @@ REASONS = {
     "empty": "empty file",
     "text": "not a video",
     "audio only": "no video stream (audio only)",
+    "still image": "a still image",
+    "pipe": "not a regular file",
     "cut, index last": "moov",
     "cut, index first": "cut off",
     "cut matroska": "cut off",
@@ -118,3 +130,49 @@ def test_info_reports_truncation_without_failing(bad, capsys):
     assert main(["info", str(path)]) == 0
     captured = capsys.readouterr()
     assert "truncated" in captured.out and "truncated" in captured.err
+
+
+def corrupt_keyframe(path, out, which: int):
+    """A copy of `path` whose `which`-th keyframe packet is overwritten with noise."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        keys = [p for p in container.demux(stream) if p.size and p.is_keyframe]
+    data = bytearray(path.read_bytes())
+    target = keys[which]
+    noise = np.random.default_rng(1).integers(0, 256, target.size - 16, dtype=np.uint8).tobytes()
+    data[target.pos + 16 : target.pos + target.size] = noise
+    out.write_bytes(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize("mode", list(SeekMode))
+def test_damaged_keyframe_with_allow_partial_returns_no_concealed_garbage(faststart, tmp_path, mode):
+    path = corrupt_keyframe(faststart, tmp_path / "badkey.mp4", which=2)  # the keyframe at 2 s
+    with pytest.raises(CorruptVideoError):
+        sample(path, Uniform16(), mode=mode)
+    frames = sample(path, Uniform16(), mode=mode, allow_partial=True)
+    assert frames.warnings
+    # every returned picture is the frame its reported time says: nothing from the broken GOP (2-3 s)
+    assert [read_barcode(im) for im in frames.images] == [round(t * 30) for t in frames.timestamps]
+    assert not any(2.0 <= t < 3.0 for t in frames.timestamps)
+
+
+def test_output_path_errors_are_one_line(faststart, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert main(["frames", str(faststart), "--dir", str(tmp_path / "afile")]) == 2
+    assert main(["frames", str(faststart), "-o", str(tmp_path / "afile" / "grid.png")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("videocap: error: ") and "afile" in line for line in err)
+
+
+def test_layout_too_large_to_build_is_refused(faststart, capsys):
+    assert main(["frames", str(faststart), "--frames", "100000", "-o", "never.png"]) == 2
+    assert "canvas" in capsys.readouterr().err and not os.path.exists("never.png")
+
+
+def test_reader_keeps_a_bounded_pool_of_decoders(faststart):
+    rng = np.random.default_rng(0)
+    with VideoReader(faststart, threads=3) as reader:
+        for k in range(40):
+            reader.read(list(rng.uniform(0, 3.9, size=1 + k % 5)), list(SeekMode)[k % 2])
+        assert len(reader._all) <= 3

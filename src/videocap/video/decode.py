@@ -20,7 +20,6 @@ whose threads idle at every seek. `iter_frames()` streams with a single decoder.
 from __future__ import annotations
 
 import os
-import queue
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,8 +30,16 @@ import av
 import numpy as np
 
 from videocap.errors import TruncatedVideoError
-from videocap.video.decoder import Decoder, Keyframes, SeekMode, StreamFacts
-from videocap.video.probe import CountSource, count_packets, describe, frame_rotation, open_container, with_frame_facts
+from videocap.video.decoder import Decoder, SeekMode, StreamFacts
+from videocap.video.packets import Keyframes, scan_packets
+from videocap.video.probe import (
+    describe,
+    first_frame_dts,
+    frame_rotation,
+    frames_are_numbered,
+    open_container,
+    with_frame_facts,
+)
 from videocap.video.sampling import Timeline
 
 __all__ = ["DecodedFrame", "SeekMode", "VideoReader"]
@@ -67,24 +74,31 @@ class VideoReader:
         self.threads = threads if threads > 0 else (os.cpu_count() or 1)
         self.warnings: list[str] = []
         self.partial = False
-        container, stream = open_container(self.path, light=True)
+        container, stream = open_container(self.path)
         try:
             # rotation=0 spares a decode here: the first frame converted corrects it (`_rgb`).
-            self.info, self.timeline = describe(self.path, container, stream, count_frames, rotation=0)
+            described = describe(self.path, container, stream, count_frames, rotation=0)
         except BaseException:
             container.close()
             raise
+        self.info, self.timeline = described.info, described.timeline
         self._size = (stream.codec_context.width, stream.codec_context.height)
+        self._opened = (container, stream)  # handed to the first decoder, so the file is not opened twice
+        self._idle: dict[tuple[SeekMode, int], list[Decoder]] = {}
+        self._all: list[Decoder] = []
+        self._lock = threading.Lock()  # guards the pool of idle decoders and the first container
+        keys = described.keyframes
         tb = stream.time_base or Fraction(1, av.time_base)
         start = stream.start_time or 0
-        keys = Keyframes.from_index(stream, tb, start)
-        self._opened = (container, stream)  # handed to the first decoder, so the file is not opened twice
-        self._idle: dict[SeekMode, queue.SimpleQueue] = {mode: queue.SimpleQueue() for mode in SeekMode}
-        self._all: list[Decoder] = []
-        self._lock = threading.Lock()  # guards handing out the first container
+        dts_timed = frames_are_numbered(container)
+        if dts_timed:
+            start = first_frame_dts(self.path, stream.index) or start
         if self.info.truncated:
-            keys = self._use_decodable_part(stream.index, keys)
-        self.facts = StreamFacts(self.path, stream.index, self.timeline, keys, tb, start, allow_partial)
+            keys = self._use_decodable_part(stream.index, keys, described.scanned, dts_timed)
+        self.facts = StreamFacts(
+            self.path, self.timeline, keys, tb, start, allow_partial,
+            dts_timed=dts_timed, keyframes_are_exact=container.format.name == "gif",
+        )
 
     # -- public --------------------------------------------------------------------------------------------
 
@@ -92,7 +106,7 @@ class VideoReader:
         self, timestamps: Sequence[float], mode: SeekMode = SeekMode.EXACT, max_side: int | None = None
     ) -> list[DecodedFrame]:
         """Frames at `timestamps` (any order, repeats allowed), returned in the order asked."""
-        size = self._output_size(max_side)
+        size = self.output_size(max_side)
         runs = self._runs(sorted(set(timestamps)), mode)
         workers = min(len(runs), self.threads)
         per_decoder = max(1, self.threads // workers)
@@ -110,16 +124,17 @@ class VideoReader:
         """Frames at ascending `timestamps`, one at a time, from one decoder: memory stays flat."""
         if any(b < a for a, b in zip(timestamps, timestamps[1:])):
             raise ValueError("iter_frames needs ascending timestamps; use read() for any order")
-        size = self._output_size(max_side)
+        size = self.output_size(max_side)
         decoder = self._decoder(mode, self.threads)
         try:
             yield from self._convert(decoder, timestamps, mode, size)
         finally:
-            self._idle[mode].put(decoder)
+            self._release(decoder)
 
     def close(self) -> None:
         for decoder in self._all:
             decoder.close()
+        self._all.clear()
         if self._opened is not None:
             self._opened[0].close()
             self._opened = None
@@ -153,7 +168,7 @@ class VideoReader:
         try:
             return list(self._convert(decoder, run, mode, size))
         finally:
-            self._idle[mode].put(decoder)
+            self._release(decoder)
 
     def _convert(self, decoder: Decoder, targets: Sequence[float], mode: SeekMode, size) -> Iterator[DecodedFrame]:
         last: DecodedFrame | None = None  # targets sharing a frame are adjacent: convert it once
@@ -168,23 +183,33 @@ class VideoReader:
             yield DecodedFrame(t, ts, last.image)
 
     def _decoder(self, mode: SeekMode, threads: int) -> Decoder:
-        try:
-            decoder = self._idle[mode].get_nowait()
-            if decoder.threads == threads:
-                return decoder
-            self._idle[mode].put(decoder)
-        except queue.Empty:
-            pass
+        """An idle decoder for (mode, threads), or a new one: the first takes over the container opened to
+        describe the file."""
         with self._lock:
+            idle = self._idle.get((mode, threads))
+            if idle:
+                return idle.pop()
             opened, self._opened = self._opened, None
         decoder = Decoder(self.facts, mode, threads, self.warnings, opened)
-        self._all.append(decoder)
+        with self._lock:
+            self._all.append(decoder)
         return decoder
+
+    def _release(self, decoder: Decoder) -> None:
+        """Return `decoder` to the pool; beyond one per core, close it (reads with other run counts would
+        otherwise pile up decoders, each an open file)."""
+        with self._lock:
+            idle = self._idle.setdefault((decoder.mode, decoder.threads), [])
+            if sum(len(v) for v in self._idle.values()) < self.threads:
+                idle.append(decoder)
+                return
+            self._all.remove(decoder)
+        decoder.close()
 
     # -- damage --------------------------------------------------------------------------------------------
 
-    def _use_decodable_part(self, stream_index: int, keys: Keyframes) -> Keyframes:
-        """Replace the index's timeline by the frames whose packets are whole, or refuse the truncated file."""
+    def _use_decodable_part(self, stream_index: int, keys: Keyframes, scanned: bool, numbered: bool) -> Keyframes:
+        """Narrow the timeline to the frames whose packets are whole, or refuse the truncated file."""
         if not self.allow_partial:
             self.close()
             raise TruncatedVideoError(
@@ -192,10 +217,10 @@ class VideoReader:
                 f"the file is cut off or damaged: its data ends before the {self.info.duration:.2f} s its "
                 "container promises; pass --allow-partial to sample the decodable part",
             )
-        if self.info.num_frames_source is CountSource.COUNTED:
+        if scanned:  # the packet scan that found the damage already timed the decodable frames
             times = list(self.timeline.times or (k / self.timeline.fps for k in range(self.timeline.num_frames)))
         else:  # the index promised more than the file holds: count the packets that are whole
-            times, _ = count_packets(self.path, stream_index, allow_errors=True)
+            times = scan_packets(self.path, stream_index, numbered).times
         if not times:
             self.close()
             raise TruncatedVideoError(self.path, "the file is cut off before its first whole frame")
@@ -210,8 +235,9 @@ class VideoReader:
 
     # -- conversion ----------------------------------------------------------------------------------------
 
-    def _output_size(self, max_side: int | None) -> tuple[int, int]:
-        """(width, height) of the stored (unrotated) picture after the optional `max_side` downscale."""
+    def output_size(self, max_side: int | None) -> tuple[int, int]:
+        """(width, height) of the stored (unrotated) picture after the optional `max_side` downscale
+        (swap them for a display rotation of 90 or 270 degrees)."""
         w, h = self._size
         if max_side is not None and max_side < 1:
             raise ValueError(f"max_side must be a positive number of pixels, got {max_side}")

@@ -2,29 +2,32 @@
 
 Owns the state of a single decode position (container, codec, frames produced ahead of need). Knows nothing of
 RGB, sampling or threads across decoders: `decode.VideoReader` runs one of these per worker and converts what
-they return. All times are seconds from the video stream's first frame.
+they return. All times are seconds from the video stream's start.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from fractions import Fraction
 
 import av
 
 from videocap.errors import CorruptVideoError, TruncatedVideoError
+from videocap.video.packets import Keyframes
 from videocap.video.probe import open_container
 from videocap.video.sampling import Timeline
 
-# Without a container index we cannot tell whether a keyframe lies ahead: decode forward up to this far
+# Without keyframe positions we cannot tell whether a keyframe lies ahead: decode forward up to this far
 # rather than seek (a seek could land on the keyframe we started from and redo the same work).
 FORWARD_WITHOUT_INDEX_S = 5.0
-# How far back to retry when a seek lands after its target (coarse seeks in some formats).
-SEEK_BACKOFF_S = (0.0, 0.25, 1.0, 4.0, 16.0, None)
+# How far before its target a seek is retried when it lands after it: some demuxers seek by decode time
+# (MPEG-TS), others coarsely. After the last, decoding starts again from the beginning of the file.
+SEEK_BACKOFF_S = (0.0, 0.25, 1.0, 4.0, 16.0)
 SAME_TIME_S = 1e-6
+_OVERSHOT = object()
 
 
 class SeekMode(str, Enum):
@@ -33,50 +36,39 @@ class SeekMode(str, Enum):
 
 
 @dataclass(frozen=True)
-class Keyframes:
-    """Keyframes from the container's index, in the index's own stamps (decode time in MP4) and in seconds.
+class StreamFacts:
+    """What every decoder of one file shares: fixed once the reader has described the file.
 
-    MP4 index stamps are decode times, a frame or two ahead of presentation times when the stream has
-    B-frames: they choose where to seek and which keyframe is nearest, never the reported time of a frame.
+    `dts_timed`: frames are timed by the decode stamp of the packet that released them, and `start` is that
+    stamp for the first frame (AVI: its packets carry frame numbers in decode order and its presentation
+    stamps are unreliable; a frame leaves the decoder a fixed reorder delay after its packet, so the released
+    stamp less the first frame's is the frame's number). `keyframes_are_exact`: keyframe mode decodes exact
+    frames (GIF, where only the first frame is a keyframe and every frame is cheap).
     """
 
-    seconds: list[float] = field(default_factory=list)
-    stamps: list[int] = field(default_factory=list)
-
-    @classmethod
-    def from_index(cls, stream, time_base: Fraction, start: int) -> Keyframes:
-        stamps = sorted({e.timestamp for e in stream.index_entries if e.is_keyframe})
-        return cls([float((s - start) * time_base) for s in stamps], stamps)
-
-    def __bool__(self) -> bool:
-        return bool(self.seconds)
-
-    def nearest(self, t: float) -> int:
-        """Index stamp of the keyframe nearest `t` (the earlier one on a tie)."""
-        i = bisect.bisect_left(self.seconds, t)
-        j = min(range(max(0, i - 1), min(i + 1, len(self.seconds))), key=lambda k: (abs(self.seconds[k] - t), k))
-        return self.stamps[j]
-
-    def up_to(self, seconds: float) -> Keyframes:
-        keep = [k for k, s in enumerate(self.seconds) if s <= seconds]
-        return Keyframes([self.seconds[k] for k in keep], [self.stamps[k] for k in keep])
-
-
-@dataclass(frozen=True)
-class StreamFacts:
-    """What every decoder of one file shares: fixed once the reader has described the file."""
-
     path: str
-    stream_index: int
     timeline: Timeline
     keys: Keyframes
     time_base: Fraction
     start: int
     allow_partial: bool
+    dts_timed: bool = False
+    keyframes_are_exact: bool = False
 
     @property
     def half_frame(self) -> float:
         return 0.5 / self.timeline.fps
+
+    @property
+    def reach(self) -> float:
+        """How close a frame's time must be to a target's to be that target's frame."""
+        return SAME_TIME_S if self.timeline.times is not None else self.half_frame
+
+    def seconds(self, stamp: int) -> float:
+        return float((stamp - self.start) * self.time_base)
+
+    def stamp(self, seconds: float) -> int:
+        return self.start + round(seconds / self.time_base)
 
     def seek_saves_work(self, now: float, t: float) -> bool:
         """Whether going from `now` to `t` is better done by seeking: a keyframe lies after `now`, at or before `t`."""
@@ -108,14 +100,18 @@ class Decoder:
         self.facts, self.mode, self.threads, self.warnings = facts, mode, threads, warnings
         self._container, self._stream = opened if opened is not None else open_container(facts.path, light=True)
         self._configure()
-        self._seekable = True
-        self._frames: Iterator | None = None  # what the decoder produces from the current position
-        self._prev = None  # last frame taken from the decoder
-        self._pending = None  # a frame decoded past the last target, not yet taken
+        self._seek_failures = 0
+        # The decode position: frames the decoder produces from here, the last one taken, one taken ahead.
+        self._frames: Iterator | None = None
+        self._prev = None
+        self._pending = None
         self._drained = False  # the decoder was flushed after a target: nothing more without a seek
+        # After a packet fails to decode, the frames shown before the next keyframe are error-concealed
+        # guesswork: none is returned until a frame at or after this time (inf until that keyframe is seen).
+        self._clean_from: float | None = None
         self._drain_at: float | None = None  # flush once the packet shown at this time is in
         self._target: float | None = None  # the time exact mode is decoding towards
-        self._last_key: tuple[int, object] | None = None  # (index stamp, frame) of the last keyframe decoded
+        self._last_key: tuple[int, object] | None = None  # (stamp, frame) of the last keyframe decoded
         # One converter per decoder: it keeps its SwsContext between frames (5x cheaper than a new one each).
         self.reformatter = av.video.reformatter.VideoReformatter()
 
@@ -123,8 +119,9 @@ class Decoder:
         self._container.close()
 
     def time(self, frame) -> float:
-        ts = frame.pts if frame.pts is not None else frame.dts
-        return float((ts - self.facts.start) * self.facts.time_base) if ts is not None else 0.0
+        first, second = (frame.dts, frame.pts) if self.facts.dts_timed else (frame.pts, frame.dts)
+        ts = first if first is not None else second
+        return self.facts.seconds(ts) if ts is not None else 0.0
 
     # -- exact mode ----------------------------------------------------------------------------------------
 
@@ -132,8 +129,8 @@ class Decoder:
         """The frame nearest `t`. `after`, the next target if any, decides whether to keep decoding past `t`."""
         # When the next target needs a seek anyway, flush the decoder as soon as the target's packet is in:
         # the target comes out without decoding the frames a threaded or reordering decoder keeps in flight.
-        self._drain_at = t if after is None or self._seek_saves_work(t, after) else None
-        self._target = t
+        drain = not self.facts.dts_timed and (after is None or self._seek_saves_work(t, after))
+        self._drain_at, self._target = (t if drain else None), t
         try:
             if self._should_seek(t):
                 self._seek(t)
@@ -148,7 +145,7 @@ class Decoder:
         return frame
 
     def _seek_saves_work(self, now: float, t: float) -> bool:
-        return self._seekable and self.facts.seek_saves_work(now, t)
+        return self._seek_failures < 2 and self.facts.seek_saves_work(now, t)
 
     def _should_seek(self, t: float) -> bool:
         here = self._prev if self._prev is not None else self._pending
@@ -162,21 +159,20 @@ class Decoder:
         return self._seek_saves_work(now, t)
 
     def _seek(self, t: float) -> None:
-        """Position the decoder at or before `t`, retrying further back when a seek overshoots."""
-        for back in SEEK_BACKOFF_S if self._seekable else (None,):
-            self._seek_to(None if back is None else self._stamp(max(0.0, t - back)))
-            first = self._next_frame()
-            if first is None and back is not None:
-                continue
-            self._pending, self._prev = first, None
-            if first is None or self.time(first) <= t + self.facts.half_frame:
+        """Position the decoder at or before `t`, retrying further back when a seek lands after it."""
+        for back in SEEK_BACKOFF_S if self._seek_failures < 2 else ():
+            if self._seek_to(self.facts.stamp(t - back)) and self._landed_before(t):
                 return
+        self._restart()
+        self._landed_before(t)
+
+    def _landed_before(self, t: float) -> bool:
+        first = self._next_frame()
+        self._pending, self._prev = first, None
+        return first is not None and self.time(first) <= t + self.facts.half_frame
 
     def _nearest(self, t: float):
         """Decode forward to the frame whose presentation time is nearest `t` (the earlier one on a tie)."""
-        # At a constant rate a frame that covers t is nearer than the next one once t is within half a frame
-        # of it; at a variable rate only the next frame's time tells.
-        reach = SAME_TIME_S if self.facts.timeline.times is not None else self.facts.half_frame
         while True:
             frame = self._next_frame()
             if frame is None:
@@ -184,7 +180,9 @@ class Decoder:
             ft = self.time(frame)
             if ft <= t + SAME_TIME_S:
                 self._prev = frame
-                if t - ft < reach:
+                # At a constant rate a frame within half a frame of t is nearer than the next one; at a
+                # variable rate only the next frame's time tells.
+                if t - ft < self.facts.reach:
                     return frame
                 continue
             if self._prev is not None and t - self.time(self._prev) <= ft - t:
@@ -196,34 +194,63 @@ class Decoder:
     # -- keyframe mode -------------------------------------------------------------------------------------
 
     def keyframe(self, t: float):
-        """The keyframe nearest `t` from the index; without one, the keyframe a backward seek lands on."""
-        if not self._seekable:
-            return self.exact(t)  # formats without seeking (GIF) are read forward anyway
+        """The keyframe nearest `t`; without keyframe positions, the keyframe a backward seek lands on."""
+        if self.facts.keyframes_are_exact or self._seek_failures >= 2:
+            return self.exact(t)
         if not self.facts.keys:
-            self._seek_to(self._stamp(t))
-            return self.exact(t) if not self._seekable else self._first_keyframe(None)
+            if self._seek_to(self.facts.stamp(t)):
+                frame = self._first_keyframe(None)
+                if frame is not _OVERSHOT and frame is not None:
+                    return frame
+            return self.exact(t)
         stamp = self.facts.keys.nearest(t)
         if self._last_key is not None and self._last_key[0] == stamp:
             return self._last_key[1]  # several targets share this keyframe
-        self._seek_to(stamp)
-        frame = self._first_keyframe(stamp)
+        frame = None
+        for back in SEEK_BACKOFF_S:
+            if self._seek_to(stamp - round(back / self.facts.time_base)):
+                frame = self._first_keyframe(stamp)
+                if frame is not _OVERSHOT:
+                    break
+        if frame is None or frame is _OVERSHOT:
+            self._restart()
+            frame = self._first_keyframe(stamp)
+        if frame is None or frame is _OVERSHOT:
+            raise TruncatedVideoError(self.facts.path, f"no keyframe could be decoded near {t:.3f} s")
         self._last_key = (stamp, frame)
         return frame
 
     def _first_keyframe(self, stamp: int | None):
-        """Decode just the first keyframe from here (at or after index stamp `stamp`), then drain the decoder."""
+        """Decode the keyframe with index stamp `stamp` (None: the first keyframe from here) and drain the
+        decoder. `_OVERSHOT` when the seek landed after it; None at the end of the stream."""
         self._frames = None  # the decoder is drained below: the next read seeks again
+        cc = self._stream.codec_context
+        cc.skip_frame = "DEFAULT"
         for packet in self._packets():
             if packet.size and not packet.is_keyframe:
                 continue  # a coarse seek landed mid-GOP
-            if packet.size and stamp is not None and max(_or(packet.dts), _or(packet.pts)) < stamp:
-                continue  # the seek landed on an earlier keyframe (MP4 seeks by presentation time)
+            if packet.size and stamp is not None:
+                if _highest(packet) < stamp:
+                    continue  # an earlier keyframe (MP4 seeks by presentation time, its index by decode time)
+                if _lowest(packet) > stamp:
+                    return _OVERSHOT
+            if self.facts.dts_timed:  # the frame must leave the decoder in order to carry its time
+                return self._first_shown_after(packet)
             # Flushing right after the keyframe returns it without decoding the frames that follow it.
             frames = self._decode(packet) + (self._decode(None) if packet.size else [])
+            cc.flush_buffers()
             if frames:
                 return frames[0]
-        at = float(((stamp if stamp is not None else self.facts.start) - self.facts.start) * self.facts.time_base)
-        raise TruncatedVideoError(self.facts.path, f"no keyframe could be decoded at {at:.3f} s")
+            if packet.size:  # hidden (the pre-roll of a cut file) or undecodable: decode on to the first shown frame
+                return self._first_shown_after(packet)
+        return None
+
+    def _first_shown_after(self, keyframe_packet):
+        self._seek_to(_highest(keyframe_packet))
+        frame = self._next_frame()
+        self._frames = None
+        self._stream.codec_context.flush_buffers()
+        return frame
 
     # -- machinery -----------------------------------------------------------------------------------------
 
@@ -232,46 +259,63 @@ class Decoder:
         cc.thread_type = "AUTO" if self.mode is SeekMode.EXACT else "SLICE"
         cc.thread_count = self.threads
 
-    def _seek_to(self, stamp: int | None) -> None:
-        """Seek to the keyframe at or before `stamp` (stream time base; None: the start)."""
-        if self._seekable:
-            try:
-                target = self.facts.start if stamp is None else stamp
-                self._container.seek(target, stream=self._stream, backward=True)
-            except av.error.FFmpegError:
-                self._seekable = False  # e.g. GIF: read forward from the start instead
-        if not self._seekable:
-            self._container.close()
-            self._container, self._stream = open_container(self.facts.path, light=True)
-            self._configure()
-        self._frames, self._prev, self._pending, self._drained = self._produce(), None, None, False
+    def _seek_to(self, stamp: int) -> bool:
+        """Seek to the keyframe at or before `stamp`; False (and back at the file's start) if the seek fails."""
+        try:
+            self._container.seek(stamp, stream=self._stream, backward=True)
+        except av.error.FFmpegError:
+            self._seek_failures += 1  # e.g. before the first keyframe, or a format that cannot seek
+            self._restart()
+            return False
+        self._reset()
+        return True
+
+    def _restart(self) -> None:
+        """Decode from the beginning of the file (a fresh open: seeking to the start is not always possible)."""
+        self._container.close()
+        self._container, self._stream = open_container(self.facts.path, light=True)
+        self._configure()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._frames, self._prev, self._pending = self._produce(), None, None
+        self._drained, self._clean_from = False, None
 
     def _produce(self) -> Iterator:
         cc = self._stream.codec_context
+        released = 0  # dts-timed streams: the stamp that released the last frame, or the last packet's
         for packet in self._packets():
+            if packet.dts is not None:
+                released = max(released, packet.dts)
+            if packet.is_keyframe and self._clean_from == float("inf") and packet.pts is not None:
+                self._clean_from = self.facts.seconds(packet.pts)
             skip = "NONREF" if self._skippable(packet) else "DEFAULT"
             if cc.skip_frame != skip:
                 cc.skip_frame = skip
-            yield from self._decode(packet)
-            if self._drain_at is not None and packet.pts is not None and self._is_target(packet.pts):
+            for frame in self._decode(packet):
+                if self.facts.dts_timed:  # frames drained at the end of the stream carry no stamp: count on
+                    frame.dts = released = frame.dts if frame.dts is not None else released + 1
+                if self._clean(frame):
+                    yield frame
+            draining = self._drain_at is not None and self._clean_from is None  # never with damage in flight
+            if draining and packet.pts is not None and self._is_target(packet.pts):
                 self._drained = True
-                yield from self._decode(None)
+                yield from (f for f in self._decode(None) if self._clean(f))
                 return
 
     def _skippable(self, packet) -> bool:
         """Whether the decoder may drop this packet's frame if no other frame references it.
 
         Frames more than a frame before the target are never returned, and those nothing references (most
-        B-frames) need not be decoded at all. At a variable rate the frame before the target may be far, so
-        nothing is skipped there.
+        B-frames) need not be decoded at all. Not at a variable rate (the frame before the target may be far)
+        nor where frames are timed by the packets that release them (a dropped frame would shift the timing).
         """
-        if self._target is None or packet.pts is None or self.facts.timeline.times is not None:
+        if self._target is None or packet.pts is None or self.facts.timeline.times is not None or self.facts.dts_timed:
             return False
-        return float((packet.pts - self.facts.start) * self.facts.time_base) < self._target - 2 * self.facts.half_frame
+        return self.facts.seconds(packet.pts) < self._target - 2 * self.facts.half_frame
 
     def _is_target(self, pts: int) -> bool:
-        reach = SAME_TIME_S if self.facts.timeline.times is not None else self.facts.half_frame
-        return abs(float((pts - self.facts.start) * self.facts.time_base) - self._drain_at) <= reach
+        return abs(self.facts.seconds(pts) - self._drain_at) <= self.facts.reach
 
     def _packets(self) -> Iterator:
         try:
@@ -284,13 +328,25 @@ class Decoder:
             frames = self._stream.codec_context.decode(packet)
         except av.error.FFmpegError as e:
             at = packet.pts if packet is not None and packet.pts is not None else None
-            where = f" at {float((at - self.facts.start) * self.facts.time_base):.3f} s" if at is not None else ""
+            where = f" at {self.facts.seconds(at):.3f} s" if at is not None else ""
             self._damaged(f"decoding failed{where} ({e})", e)
+            self._clean_from = float("inf")
             return []
+        clean = []
         for frame in frames:
             if frame.is_corrupt:
                 self._damaged(f"corrupt frame at {self.time(frame):.3f} s", None)
-        return frames
+            else:
+                clean.append(frame)
+        return clean
+
+    def _clean(self, frame) -> bool:
+        if self._clean_from is None:
+            return True
+        if self.time(frame) < self._clean_from:
+            return False
+        self._clean_from = None
+        return True
 
     def _next_frame(self):
         if self._pending is not None:
@@ -304,9 +360,10 @@ class Decoder:
         if reason not in self.warnings:
             self.warnings.append(reason)
 
-    def _stamp(self, seconds: float) -> int:
-        return self.facts.start + round(seconds / self.facts.time_base)
+
+def _highest(packet) -> int:
+    return max(s for s in (packet.dts, packet.pts, -(2**62)) if s is not None)
 
 
-def _or(value: int | None) -> int:
-    return value if value is not None else -(2**62)
+def _lowest(packet) -> int:
+    return min(s for s in (packet.dts, packet.pts, 2**62) if s is not None)

@@ -16,7 +16,7 @@ from PIL import Image
 from videocap.errors import WindowError
 from videocap.video.decode import SeekMode, VideoReader
 from videocap.video.probe import VideoInfo
-from videocap.video.sampling import Strategy, Uniform16, plan
+from videocap.video.sampling import SamplePlan, Strategy, Uniform16, plan
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,7 @@ def sample(
     """
     path = os.fspath(path)
     with VideoReader(path, allow_partial=allow_partial, threads=threads) as reader:
-        try:
-            chosen = plan(strategy, reader.timeline, start, end)
-        except WindowError as e:
-            raise e.with_path(path) from e
+        chosen = choose(reader, strategy, start, end)
         decoded = reader.read(chosen.timestamps, mode, max_side)
         return Frames(
             images=[f.image for f in decoded],  # no np.stack: a 100 MB copy per 16 1080p frames
@@ -71,3 +68,11 @@ def sample(
             partial=reader.partial or bool(reader.warnings),
             warnings=tuple(reader.warnings),
         )
+
+
+def choose(reader: VideoReader, strategy: Strategy, start: float | None = None, end: float | None = None) -> SamplePlan:
+    """The frames `strategy` picks from `reader`'s timeline inside [start, end]; a bad window names the file."""
+    try:
+        return plan(strategy, reader.timeline, start, end)
+    except WindowError as e:
+        raise e.with_path(reader.path) from e

@@ -20,10 +20,13 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
 
+from videocap.errors import LayoutError
+
 GRID_BAND = 50
 GRID_MAX_SIDE = 1920
 STRIP_GAP = 20
 PAIR_GAP = 50
+MAX_CANVAS_BYTES = 2 << 30  # the grid is built full size before the reference's downscale
 
 FrameLike = np.ndarray | Image.Image
 
@@ -31,7 +34,7 @@ FrameLike = np.ndarray | Image.Image
 def grid_shape(n: int) -> int:
     """Cells per side of the square grid holding n frames."""
     if n < 1:
-        raise ValueError("a grid needs at least one frame")
+        raise LayoutError("a grid needs at least one frame")
     return int(np.ceil(np.sqrt(n)))
 
 
@@ -53,8 +56,9 @@ def grid(frames: Sequence[FrameLike] | np.ndarray, band: int = GRID_BAND, max_si
     arrays = [_as_array(f) for f in frames]
     height, width = arrays[0].shape[:2]
     if any(a.shape != arrays[0].shape for a in arrays):
-        raise ValueError("grid frames must all have the same size")
+        raise LayoutError("grid frames must all have the same size")
     side = grid_shape(len(arrays))
+    _check_canvas(side * width + (side - 1) * band, side * height + (side - 1) * band, len(arrays))
     canvas = np.full((side * height + (side - 1) * band, side * width + (side - 1) * band, 3), 255, np.uint8)
     for (x, y), a in zip(grid_cells(len(arrays), width, height, band), arrays):
         canvas[y : y + height, x : x + width] = a
@@ -67,11 +71,12 @@ def strip(frames: Sequence[FrameLike] | np.ndarray) -> Image.Image:
     """ShareCaptioner-Video's labelled vertical strip of `frames`."""
     images = [_as_pil(f) for f in frames]
     if not images:
-        raise ValueError("a strip needs at least one frame")
+        raise LayoutError("a strip needs at least one frame")
     inner_w = max(im.width for im in images)
     margin = max(inner_w // 4, 100)
     width = inner_w + STRIP_GAP + margin
     height = sum(im.height + STRIP_GAP for im in images) + STRIP_GAP
+    _check_canvas(width, height, len(images))
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     font = label_font(margin // 5)
@@ -113,6 +118,14 @@ def label_font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=min(size, scaled))
 
 
+def _check_canvas(width: int, height: int, count: int) -> None:
+    if width * height * 3 > MAX_CANVAS_BYTES:
+        raise LayoutError(
+            f"a layout of {count} frames would be a {width}x{height} canvas ({width * height * 3 / 2**30:.1f} GiB); "
+            "use fewer frames or smaller ones (--max-side)"
+        )
+
+
 def _fit(width: int, height: int, max_side: int) -> tuple[int, int]:
     """The reference's resize rule: longest side to max_side, the other scaled, both truncated to integers."""
     if max(width, height) <= max_side:
@@ -124,7 +137,7 @@ def _fit(width: int, height: int, max_side: int) -> tuple[int, int]:
 def _as_array(frame: FrameLike) -> np.ndarray:
     array = np.asarray(frame.convert("RGB")) if isinstance(frame, Image.Image) else np.asarray(frame)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 RGB frame, got {array.shape} {array.dtype}")
+        raise LayoutError(f"expected an (H, W, 3) uint8 RGB frame, got {array.shape} {array.dtype}")
     return array
 
 

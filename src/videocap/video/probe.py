@@ -1,18 +1,20 @@
 """Opening a video and finding out what it is: the facts `videocap info` prints and sampling needs.
 
 Owns: path checks and FFmpeg's open errors turned into typed `VideoError`s, the video stream's facts
-(`VideoInfo`), the frame timeline (count and, where needed, every frame's time), and truncation detection.
-Does not own decoding to pixels (decode.py) or choosing frames (sampling.py).
+(`VideoInfo`), the frame timeline (count and, where needed, every frame's time), the keyframes, and truncation
+detection. Reads the index and packets through packets.py; does not decode pixels (decode.py) or choose frames
+(sampling.py).
 
-Frame count, cheapest first: the container's own count (MP4/MOV/AVI); otherwise a demux-only pass over the
-packets (no decoding), which also yields exact frame times; otherwise, when counting is declined, duration × fps.
-Constant frame rate is verified from the container's sample index where it has one (MP4/MOV); a variable-rate
-stream gets its exact frame times from the same demux-only pass.
+Frame count, cheapest first: a complete sample index (MP4/MOV, AVI with idx1), less the samples an edit list
+hides; otherwise a demux-only pass over the packets (no decoding), which also yields exact frame times and the
+keyframes; otherwise, when counting is declined, duration x fps. A variable-rate MP4 gets its exact frame
+times from the same demux-only pass.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from fractions import Fraction
@@ -24,13 +26,20 @@ from videocap.errors import (
     NotAVideoError,
     NoVideoStreamError,
     TruncatedVideoError,
-    VideoError,
+    VideoAccessError,
     VideoNotFoundError,
+)
+from videocap.video.packets import (
+    Keyframes,
+    index_times,
+    index_is_complete,
+    index_past_end,
+    read_index,
+    scan_packets,
 )
 from videocap.video.sampling import Timeline
 
 av.logging.set_level(None)  # FFmpeg's own log lines would interleave with ours; errors reach us as exceptions.
-
 
 UNKNOWN = "unknown"
 
@@ -38,9 +47,9 @@ UNKNOWN = "unknown"
 class CountSource(str, Enum):
     """Where `VideoInfo.num_frames` came from."""
 
-    CONTAINER = "container"  # the container's sample count
+    CONTAINER = "container"  # the container's sample index or count
     COUNTED = "counted"  # one demux pass over the packets
-    ESTIMATED = "estimated"  # duration × average fps
+    ESTIMATED = "estimated"  # duration x average fps
 
 
 @dataclass(frozen=True)
@@ -56,18 +65,31 @@ class VideoInfo:
     height: int
     rotation: int  # degrees clockwise the stored frames are turned for display: 0, 90, 180 or 270
     fps: float  # average frame rate
-    duration: float  # seconds
+    duration: float  # seconds of video (the video track's own length where the container says it)
     num_frames: int
     num_frames_source: CountSource
     variable_frame_rate: bool
     has_audio: bool
     size_bytes: int
-    truncated: bool  # the container's index points past the end of the file, or its packets break off
+    truncated: bool  # the data ends before what the container promises (cut off, or unreadable further on)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["num_frames_source"] = self.num_frames_source.value
         return d
+
+
+@dataclass(frozen=True)
+class Description:
+    """Everything an open container says about its video stream, for readers.
+
+    When `scanned`, the timeline was counted from the packets and covers exactly the decodable part.
+    """
+
+    info: VideoInfo
+    timeline: Timeline
+    keyframes: Keyframes
+    scanned: bool
 
 
 def check_path(path: str) -> None:
@@ -76,6 +98,9 @@ def check_path(path: str) -> None:
         raise VideoNotFoundError(path, "no such file")
     if os.path.isdir(path):
         raise NotAVideoError(path, "is a directory, not a video file")
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotAVideoError(path, "not a regular file (a pipe, socket or device)")
     if os.path.getsize(path) == 0:
         raise NotAVideoError(path, "empty file (0 bytes)")
 
@@ -83,9 +108,9 @@ def check_path(path: str) -> None:
 def open_container(path: str, light: bool = False) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
     """Open `path` and return the container and its first real video stream, or raise a `VideoError`.
 
-    `light` skips the decoding inside FFmpeg's stream-info probe, which decodes the first frame only to learn
-    the pixel format (as costly as one more keyframe). The pixel format then stays unknown until a frame is
-    decoded (`with_frame_facts`). Formats that need the probe to find their streams or size get a full open.
+    `light` is for opening a file again that a full open has described: it skips the decoding inside FFmpeg's
+    stream-info probe, which decodes the first frame (as costly as a keyframe) only to learn the pixel format.
+    Timing fields (start time, durations) are then unreliable, so describe files only after a full open.
     """
     check_path(path)
     if light:
@@ -95,19 +120,27 @@ def open_container(path: str, light: bool = False) -> tuple[av.container.InputCo
     try:
         container = av.open(path, metadata_errors="ignore")
     except PermissionError as e:
-        raise VideoError(path, "permission denied") from e
+        raise VideoAccessError(path, "permission denied") from e
     except av.error.FFmpegError as e:
         if _looks_like_mp4(path):
             raise TruncatedVideoError(
                 path, "MP4 without its index (moov atom): the file was cut off or never finalised"
             ) from e
         raise NotAVideoError(path, f"not a video FFmpeg can read ({e.strerror or e})") from e
+    if _still_image(container.format.name):
+        container.close()
+        raise NotAVideoError(path, "a still image, not a video")
     streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
     if not streams:
         audio = bool(container.streams.audio)
         container.close()
         raise NoVideoStreamError(path, "no video stream (audio only)" if audio else "no video stream")
     return container, streams[0]
+
+
+def _still_image(format_name: str) -> bool:
+    """FFmpeg opens still images (PNG, JPEG, ... through its image2 demuxers) as one-frame videos."""
+    return format_name == "image2" or (format_name.endswith("_pipe") and format_name != "gif_pipe")
 
 
 def _open_light(path: str):
@@ -127,41 +160,75 @@ def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
     path = os.fspath(path)
     container, stream = open_container(path)
     try:
-        return describe(path, container, stream, count_frames)[0]
+        return describe(path, container, stream, count_frames).info
     finally:
         container.close()
 
 
+def frames_are_numbered(container: av.container.InputContainer) -> bool:
+    """AVI stamps packets with frame numbers in decode order; their presentation stamps are unreliable (with
+    B-frames, FFmpeg's output stamps are off by the reorder delay or out of order)."""
+    return container.format.name == "avi"
+
+
+def first_frame_dts(path: str, stream_index: int) -> int | None:
+    """The decode stamp that releases the first frame from the decoder: the frame-number origin in AVI."""
+    with av.open(path, metadata_errors="ignore") as container:
+        try:
+            for frame in container.decode(container.streams[stream_index]):
+                return frame.dts
+        except av.error.FFmpegError:
+            return None
+    return None
+
+
 def describe(
-    path: str, container, stream, count_frames: bool = True, rotation: int | None = None
-) -> tuple[VideoInfo, Timeline]:
-    """Facts and frame timeline of an open container.
+    path: str,
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    count_frames: bool = True,
+    rotation: int | None = None,
+) -> Description:
+    """What an open container says about `stream`.
 
     The display rotation is read off the first frame (decoding it) unless the caller gives it; readers pass 0
     and correct it from the first frame they decode anyway (`with_frame_facts`).
     """
     tb = stream.time_base or Fraction(1, av.time_base)
+    start = stream.start_time or 0
     fps = _average_fps(stream)
     if rotation is None:
         rotation = _display_rotation(path, container, stream)
-    truncated = _index_past_end(stream, container.size)
+    index = read_index(stream)
+    numbered = frames_are_numbered(container)
+    stated = _video_duration(container, stream, tb)
 
-    count, source, times = stream.frames, CountSource.CONTAINER, None
+    scan = None
     variable = False
-    if count > 0 and not _index_says_constant_rate(stream, count):
-        variable = True  # the sample index shows unequal frame durations: time every frame
-        times, _ = count_packets(path, stream.index, allow_errors=True)
-        times = times or None
-    if count <= 0:
-        if count_frames:
-            times, error = count_packets(path, stream.index, allow_errors=True)
-            count, source = len(times), CountSource.COUNTED
-            truncated = truncated or error is not None or _ends_early(container, stream, tb, times, fps)
-        else:
-            count, source = max(1, round(_duration(container, stream, tb) * fps)), CountSource.ESTIMATED
-    if times:
+    if index_is_complete(index, stream.frames):
+        count, source = sum(not e.discard for e in index), CountSource.CONTAINER
+        keys = Keyframes.from_stamps([e.stamp for e in index if e.keyframe], tb, start)
+        truncated = index_past_end(index, container.size)
+        # Decode times pace the frames like presentation times unless an edit list hides some of them.
+        hidden = count < len(index)
+        variable = hidden or (bool(fps) and _uneven(index_times(index, tb), fps))
+        if variable and not truncated:
+            scan = scan_packets(path, stream.index, numbered)  # exact presentation times
+    elif count_frames:
+        # No complete index: count the packets (also how a cut-off AVI, Matroska or MPEG-TS file shows).
+        scan = scan_packets(path, stream.index, numbered)
+        count, source = len(scan.times), CountSource.COUNTED
+        keys = Keyframes.from_stamps(scan.key_stamps, tb, start)
+        truncated = scan.error is not None or count < stream.frames or _ends_early(scan.times, fps, stated)
+    else:
+        count = stream.frames or max(1, round((stated or _container_duration(container)) * fps))
+        source = CountSource.CONTAINER if stream.frames else CountSource.ESTIMATED
+        keys, truncated = Keyframes(), False
+
+    times = scan.times if scan is not None and scan.times else None
+    if times is not None:
         fps = fps or _fps_from_times(times)
-        variable = variable or _uneven(times, fps)
+        variable = _uneven(times, fps)
         if not variable:
             times = None  # constant rate: frame i at i / fps, as the reference readers assume
     if count <= 0 or not fps:
@@ -170,18 +237,17 @@ def describe(
     width, height = stream.codec_context.width, stream.codec_context.height
     if rotation in (90, 270):
         width, height = height, width
-    pix = stream.codec_context.format
     timeline = Timeline(count, fps, tuple(times) if times is not None and len(times) == count else None)
     info = VideoInfo(
         path=path,
         format=container.format.name,
         codec=stream.codec_context.name,
-        **_format_facts(pix),
+        **_format_facts(stream.codec_context.format),
         width=width,
         height=height,
         rotation=rotation,
         fps=float(fps),
-        duration=_duration(container, stream, tb) or timeline.duration,
+        duration=stated or timeline.duration,
         num_frames=count,
         num_frames_source=source,
         variable_frame_rate=variable,
@@ -189,61 +255,65 @@ def describe(
         size_bytes=container.size,
         truncated=truncated,
     )
-    return info, timeline
+    return Description(info, timeline, keys, scanned=scan is not None and source is CountSource.COUNTED)
 
 
-def count_packets(path: str, stream_index: int, allow_errors: bool) -> tuple[list[float], str | None]:
-    """Demux (no decoding) the video stream from a fresh open; return sorted frame times and any read error.
-
-    Times are seconds from the stream's start. A read error ends the pass: it is returned when `allow_errors`,
-    raised as `TruncatedVideoError` otherwise.
-    """
-    times, error = [], None
-    with av.open(path, metadata_errors="ignore") as container:
-        stream = container.streams[stream_index]
-        tb = stream.time_base or Fraction(1, av.time_base)
-        start = stream.start_time or 0
-        try:
-            for packet in container.demux(stream):
-                ts = packet.pts if packet.pts is not None else packet.dts
-                if ts is None or packet.size == 0:
-                    continue  # the flush packet at the end of the stream
-                if packet.is_corrupt:
-                    error = error or f"damaged packet at {float((ts - start) * tb):.3f} s"
-                    continue  # e.g. the last packet of a cut-off file, read short
-                times.append(float((ts - start) * tb))
-        except av.error.FFmpegError as e:
-            if not allow_errors:
-                raise TruncatedVideoError(path, f"the stream breaks off after {len(times)} frames ({e})") from e
-            error = str(e)
-    times.sort()
-    return times, error
+def with_frame_facts(info: VideoInfo, frame) -> VideoInfo:
+    """`info` completed from a decoded frame: its display rotation (width and height swapped as needed) and,
+    when the open did not learn it, its pixel format."""
+    rotation = frame_rotation(frame)
+    unknown_format = info.pix_fmt == UNKNOWN
+    if rotation == info.rotation and not unknown_format:
+        return info
+    turned = (rotation - info.rotation) % 180 == 90
+    width, height = (info.height, info.width) if turned else (info.width, info.height)
+    formats = _format_facts(frame.format) if unknown_format else {}
+    return replace(info, rotation=rotation, width=width, height=height, **formats)
 
 
-def _ends_early(container, stream, tb: Fraction, times: list[float], fps: float) -> bool:
-    """Whether counted packets stop well before the video stream's own stated duration (a cut-off Matroska
-    file ends its demuxing cleanly; only the duration written in its header tells)."""
-    stated = _video_duration(container, stream, tb)
+def frame_rotation(frame) -> int:
+    """Clockwise display rotation of a decoded frame (FFmpeg reports it counter-clockwise, in -180..180)."""
+    return (-round(frame.rotation / 90) * 90) % 360
+
+
+def _format_facts(pix) -> dict:
+    if pix is None:
+        return {"pix_fmt": UNKNOWN, "bit_depth": 8}
+    return {"pix_fmt": pix.name, "bit_depth": max((c.bits for c in pix.components), default=8)}
+
+
+def _ends_early(times: list[float], fps: float, stated: float | None) -> bool:
+    """Whether the packets stop well before the video track's stated length (a cut-off Matroska file ends
+    its demuxing cleanly; only the length written in its header tells)."""
     if stated is None or not times or not fps:
         return False
     return times[-1] + 1 / fps < stated - max(0.5, 2 / fps)
 
 
 def _video_duration(container, stream, tb: Fraction) -> float | None:
-    """The video stream's own duration: its header field, Matroska's per-track DURATION tag, or the container's
-    duration when the video is the only stream. None when unknown (another stream may be longer)."""
-    if stream.duration:
-        return float(stream.duration * tb)
+    """The video track's own length in seconds from its first frame, or None when the container does not say.
+
+    Matroska writes it per track as a DURATION tag (the track's end time); MP4 and others in the stream header.
+    The container's overall duration is used only when the video is its only stream: another stream, audio
+    say, may run longer.
+    """
+    start = float((stream.start_time or 0) * tb)
     tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
     if tag:
         try:
             hours, minutes, seconds = tag.split(":")
-            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+            return max(0.0, int(hours) * 3600 + int(minutes) * 60 + float(seconds) - start)
         except ValueError:
             pass
+    if stream.duration:
+        return float(stream.duration * tb)
     if len(container.streams) == 1 and container.duration:
-        return container.duration / av.time_base
+        return max(0.0, container.duration / av.time_base - start)
     return None
+
+
+def _container_duration(container) -> float:
+    return container.duration / av.time_base if container.duration else 0.0
 
 
 def _average_fps(stream) -> float:
@@ -263,57 +333,6 @@ def _uneven(times: list[float], fps: float) -> bool:
     """Whether frame k sits more than half a frame away from k / fps."""
     half = 0.5 / fps
     return any(abs(t - k / fps) > half for k, t in enumerate(times))
-
-
-def _duration(container, stream, tb: Fraction) -> float:
-    if stream.duration:
-        return float(stream.duration * tb)
-    if container.duration:
-        return container.duration / av.time_base
-    return 0.0
-
-
-def _index_says_constant_rate(stream, count: int) -> bool:
-    """True unless a complete sample index (MP4/MOV) shows frames of unequal duration."""
-    entries = stream.index_entries
-    if len(entries) != count or count < 3:
-        return True  # no complete index to judge by: trust the container's rate, as decord does
-    stamps = sorted(e.timestamp for e in entries)
-    steps = {b - a for a, b in zip(stamps, stamps[1:])}
-    return max(steps) - min(steps) <= 1
-
-
-def _index_past_end(stream, file_size: int) -> bool:
-    """Whether the container's index places packets beyond the end of the file (a cut-off file)."""
-    entries = stream.index_entries
-    if not len(entries) or file_size <= 0:
-        return False
-    last = entries[len(entries) - 1]
-    return last.pos >= 0 and last.pos + last.size > file_size
-
-
-def with_frame_facts(info: VideoInfo, frame) -> VideoInfo:
-    """`info` completed from a decoded frame: its display rotation (width and height swapped as needed) and,
-    after a light open, its pixel format."""
-    rotation = frame_rotation(frame)
-    unknown_format = info.pix_fmt == UNKNOWN
-    if rotation == info.rotation and not unknown_format:
-        return info
-    turned = (rotation - info.rotation) % 180 == 90
-    width, height = (info.height, info.width) if turned else (info.width, info.height)
-    formats = _format_facts(frame.format) if unknown_format else {}
-    return replace(info, rotation=rotation, width=width, height=height, **formats)
-
-
-def _format_facts(pix) -> dict:
-    if pix is None:
-        return {"pix_fmt": UNKNOWN, "bit_depth": 8}
-    return {"pix_fmt": pix.name, "bit_depth": max((c.bits for c in pix.components), default=8)}
-
-
-def frame_rotation(frame) -> int:
-    """Clockwise display rotation of a decoded frame (FFmpeg reports it counter-clockwise, in -180..180)."""
-    return (-round(frame.rotation / 90) * 90) % 360
 
 
 def _display_rotation(path: str, container, stream) -> int:
