@@ -28,17 +28,19 @@ QUIET = {"libx265": {"x265-params": "log-level=error"}, "libsvtav1": {"svtav1-pa
 @pytest.fixture(scope="session")
 def make_video(video_dir):
     """make_video(name, n=60, fps=30, codec=..., **write_video kwargs) -> path; cached for the session."""
-    made: dict[str, Path] = {}
+    made: dict[str, str] = {}  # name -> the recipe it was made from
 
     def make(name: str, n: int = 60, fps: float = 30, codec: str = "libx264", width: int = W, height: int = H,
              options: dict | None = None, **kwargs) -> Path:
         path = video_dir / name
+        recipe = repr((n, fps, codec, width, height, options, sorted(kwargs.items())))
         if name not in made:
             opts = {**QUIET.get(codec, {}), **(options or {})}
             frames = (barcode_frame(i, width, height) for i in range(n))
             write_video(path, frames, fps=fps, codec=codec, options=opts, **kwargs)
-            made[name] = path
-        return made[name]
+            made[name] = recipe
+        assert made[name] == recipe, f"{name} was already made from another recipe: give it another name"
+        return path
 
     return make
 

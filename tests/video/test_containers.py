@@ -75,7 +75,7 @@ def test_stated_track_length_with_offset_start_and_longer_audio(make_video, tmp_
     info = probe(with_audio)
     assert info.duration == pytest.approx(2.0, abs=0.05) and not info.truncated and info.has_audio
     offset = tmp_path / "offset.mkv"
-    with av.open(str(make_video("plain.mkv", n=60, options=GOP))) as src, av.open(str(offset), "w") as dst:
+    with av.open(str(make_video("two_seconds.mkv", n=60, options=GOP))) as src, av.open(str(offset), "w") as dst:
         stream_in = src.streams.video[0]
         stream_out = dst.add_stream_from_template(stream_in)
         for packet in src.demux(stream_in):
