@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         "info", help="describe a video: duration, frames, fps, size, rotation, codec",
         description="Print what a video is: duration, frame count (and where it came from), average fps, "
         "size as displayed, rotation, codec, pixel format, audio. Reads the container's metadata; decodes "
-        "only the first frame (for rotation) and demuxes the packets only when the container has no frame count.",
+        "only the first frame (for rotation); demuxes the packets (no decoding) when the container has no complete "
+        "frame index, or its index shows a variable frame rate or an edit list.",
     )
     info.add_argument("video", help="path to the video file")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
