@@ -37,6 +37,7 @@ from videocap.video.probe import (
     first_frame_dts,
     frame_rotation,
     frames_are_numbered,
+    light_open_keeps_timing,
     open_container,
     with_frame_facts,
 )
@@ -74,7 +75,10 @@ class VideoReader:
         self.threads = threads if threads > 0 else (os.cpu_count() or 1)
         self.warnings: list[str] = []
         self.partial = False
-        container, stream = open_container(self.path)
+        container, stream = open_container(self.path, light=True)
+        if not light_open_keeps_timing(container):
+            container.close()
+            container, stream = open_container(self.path)
         try:
             # rotation=0 spares a decode here: the first frame converted corrects it (`_rgb`).
             described = describe(self.path, container, stream, count_frames, rotation=0)

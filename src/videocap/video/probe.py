@@ -108,9 +108,10 @@ def check_path(path: str) -> None:
 def open_container(path: str, light: bool = False) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
     """Open `path` and return the container and its first real video stream, or raise a `VideoError`.
 
-    `light` is for opening a file again that a full open has described: it skips the decoding inside FFmpeg's
-    stream-info probe, which decodes the first frame (as costly as a keyframe) only to learn the pixel format.
-    Timing fields (start time, durations) are then unreliable, so describe files only after a full open.
+    `light` skips the decoding inside FFmpeg's stream-info probe, which decodes the first frame (as costly as a
+    keyframe) only to learn the pixel format. The pixel format then stays unknown until a frame is decoded
+    (`with_frame_facts`), and outside MP4/MOV the timing fields (start time, durations) come out wrong: use a
+    light open there only for a file a full open has described (`light_open_keeps_timing`).
     """
     check_path(path)
     if light:
@@ -136,6 +137,11 @@ def open_container(path: str, light: bool = False) -> tuple[av.container.InputCo
         container.close()
         raise NoVideoStreamError(path, "no video stream (audio only)" if audio else "no video stream")
     return container, streams[0]
+
+
+def light_open_keeps_timing(container: av.container.InputContainer) -> bool:
+    """MP4/MOV take start time and durations from their sample tables, not from probing decoded frames."""
+    return container.format.name.startswith("mov,mp4")
 
 
 def _still_image(format_name: str) -> bool:
