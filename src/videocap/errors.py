@@ -55,3 +55,31 @@ class WindowError(VideoError, ValueError):
 
 class LayoutError(VideocapError, ValueError):
     """Frames that cannot be laid out as asked (none, mixed sizes, or a canvas too large to build)."""
+
+
+class ModelError(VideocapError):
+    """A model could not be found, fetched or loaded. The message names the model (id, alias or path)."""
+
+
+class ModelNotFoundError(ModelError):
+    """No such model: an unknown alias, a Hub repository or revision that does not exist (404), a missing path."""
+
+
+class ModelAccessError(ModelError):
+    """The Hub refused access (401/403: a gated or private repository without an accepted licence or token)."""
+
+
+class HubConnectionError(ModelError):
+    """The Hub could not be reached and the model is not in the local cache."""
+
+
+class NotCachedError(ModelError):
+    """Offline (HF_HUB_OFFLINE=1) and the model, or a file of it, is not in the local cache."""
+
+
+class UnsafeCheckpointError(ModelError):
+    """The checkpoint holds only pickled weights (.bin/.pt), which can run code when loaded; --allow-pickle opts in."""
+
+
+class CheckpointError(ModelError):
+    """A checkpoint that does not fit the model: an unreadable config, missing or unexpected tensors, wrong shapes."""

@@ -1,0 +1,1 @@
+"""What each job does with the engine's answers: QA and chat, and (later) the captioning modes."""
