@@ -1,0 +1,104 @@
+"""Causal self-attention over a KV cache the caller owns, for packed batches of sequences.
+
+The engine's runner allocates one cache tensor per layer, shaped (2, num_blocks, block_size, kv_heads, head_dim),
+and describes each step with `AttnMetadata`: which new tokens belong to which sequence, where each new token's
+key/value goes (`slot_mapping`, a flat slot = block * block_size + offset) and which blocks hold each sequence's
+context (`block_tables`). Layers write the new keys/values into their slots, then attend over the whole context.
+This file never allocates a cache and knows nothing of scheduling.
+
+The attention itself is a reference implementation (gather the context, masked SDPA); the engine issue swaps in
+faster kernels behind the same metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from videocap.models.layers.rope import Rotary
+
+
+@dataclass(frozen=True)
+class AttnMetadata:
+    """One forward step over B sequences whose T new tokens are packed along one axis."""
+
+    query_lens: tuple[int, ...]  # new tokens of each sequence (host ints)
+    context_lens: torch.Tensor  # (B,) int64: tokens of each sequence in the cache after this step, new ones included
+    slot_mapping: torch.Tensor  # (T,) int64: the cache slot each new token's key/value is written to
+    block_tables: torch.Tensor  # (B, max_blocks) int64: cache blocks of each sequence, in order
+    block_size: int
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.query_lens)
+
+
+def write_kv(cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
+    """Store (T, kv_heads, head_dim) keys and values at flat `slots` of a (2, blocks, block_size, kv, d) cache."""
+    flat = cache.view(2, -1, *cache.shape[-2:])  # (2, blocks * block_size, kv, d)
+    flat[0, slots] = k.to(cache.dtype)
+    flat[1, slots] = v.to(cache.dtype)
+
+
+def cached_attention(q: torch.Tensor, cache: torch.Tensor, meta: AttnMetadata, scale: float) -> torch.Tensor:
+    """Causal attention of packed queries (T, H, D) over each sequence's cached context; returns (T, H, D)."""
+    B = len(meta.query_lens)
+    H, D = q.shape[1], q.shape[2]
+    kv_heads = cache.shape[-2]
+    max_q = max(meta.query_lens)
+    max_ctx = int(meta.context_lens.max())
+    device = q.device
+
+    # Pad queries to (B, max_q): row b holds sequence b's new tokens, right-aligned positions end at its context.
+    q_lens = torch.tensor(meta.query_lens, device=device)
+    starts = torch.cumsum(q_lens, 0) - q_lens
+    col = torch.arange(max_q, device=device)
+    q_valid = col[None, :] < q_lens[:, None]  # (B, max_q)
+    q_index = (starts[:, None] + col[None, :]).clamp(max=q.shape[0] - 1)
+    q_pad = q[q_index]  # (B, max_q, H, D)
+
+    # Gather each sequence's context from its blocks: (B, max_ctx, kv, D).
+    pos = torch.arange(max_ctx, device=device)
+    blocks = meta.block_tables[:, pos // meta.block_size]  # (B, max_ctx)
+    slots = blocks * meta.block_size + pos % meta.block_size
+    flat = cache.view(2, -1, kv_heads, D)
+    k = flat[0][slots].to(q.dtype)
+    v = flat[1][slots].to(q.dtype)
+    if kv_heads != H:  # grouped-query attention: each kv head serves H / kv_heads query heads
+        k = k.repeat_interleave(H // kv_heads, dim=2)
+        v = v.repeat_interleave(H // kv_heads, dim=2)
+
+    # Query j of sequence b sits at position context_len - query_len + j and sees keys up to that position.
+    q_pos = (meta.context_lens - q_lens)[:, None] + col[None, :]  # (B, max_q)
+    mask = (pos[None, None, :] <= q_pos[:, :, None]) & (pos[None, None, :] < meta.context_lens[:, None, None])
+    out = F.scaled_dot_product_attention(
+        q_pad.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask[:, None], scale=scale
+    )  # (B, H, max_q, D)
+    return out.transpose(1, 2)[q_valid]  # (T, H, D), packed back in the input order
+
+
+class SelfAttention(nn.Module):
+    """Llama-style attention: separate q/k/v/o projections, grouped-query heads, rotary positions."""
+
+    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, bias: bool = False):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.q_proj = nn.Linear(hidden, heads * head_dim, bias=bias)
+        self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=bias)
+        self.o_proj = nn.Linear(heads * head_dim, hidden, bias=bias)
+
+    def forward(
+        self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], meta: AttnMetadata, cache: torch.Tensor
+    ) -> torch.Tensor:
+        T = x.shape[0]
+        q = self.q_proj(x).view(T, self.heads, self.head_dim)
+        k = self.k_proj(x).view(T, self.kv_heads, self.head_dim)
+        v = self.v_proj(x).view(T, self.kv_heads, self.head_dim)
+        q, k = Rotary.apply(q, *cos_sin), Rotary.apply(k, *cos_sin)
+        write_kv(cache, k, v, meta.slot_mapping)
+        out = cached_attention(q, cache, meta, self.head_dim**-0.5)
+        return self.o_proj(out.reshape(T, self.heads * self.head_dim))

@@ -1,0 +1,216 @@
+"""Build a model on the meta device and fill it from a checkpoint's safetensors shards, tensor by tensor.
+
+Owns: finding a checkpoint's weight files, reading safetensors headers and tensors, renaming checkpoint keys to a
+model's parameter names through a family's declarative `KeyMap`, and the error that names every missing,
+unexpected or misshapen tensor. It does not know any family's names (those live in models/<family>/weights.py)
+and does not download (weights/hub.py does).
+
+Memory: tensors are read with plain file reads into one reusable host buffer and copied straight into the
+parameter on the target device, so host memory holds one tensor at a time (not a shard, not the model) when the
+target is a GPU. Files are not memory-mapped: mapped pages of a multi-GB shard would count against the process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from videocap.errors import CheckpointError, UnsafeCheckpointError
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+
+
+@dataclass(frozen=True)
+class KeyMap:
+    """A checkpoint layout: ordered (checkpoint prefix → parameter prefix) rules; the first match wins."""
+
+    name: str
+    rules: tuple[tuple[str, str], ...]
+
+    def rename(self, key: str) -> str | None:
+        for source, target in self.rules:
+            if key.startswith(source):
+                return target + key[len(source):]
+        return None
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute byte offsets in the file
+    end: int
+
+
+def weight_files(model_dir: Path, allow_pickle: bool = False) -> list[Path]:
+    """The checkpoint's safetensors files (all shards); pickled files only when allowed and no safetensors exist."""
+    model_dir = Path(model_dir)
+    files = sorted(model_dir.glob("*.safetensors"))
+    if files:
+        return files
+    pickled = sorted(p for p in model_dir.iterdir() if p.suffix in PICKLE_SUFFIXES) if model_dir.is_dir() else []
+    if pickled and not allow_pickle:
+        names = ", ".join(p.name for p in pickled)
+        raise UnsafeCheckpointError(
+            f"{model_dir}: only pickled weights ({names}); loading pickles can run code. "
+            "Convert them to safetensors, or pass --allow-pickle if you trust the source"
+        )
+    if not pickled:
+        raise CheckpointError(f"{model_dir}: no weight files (*.safetensors)")
+    return pickled
+
+
+def read_index(path: Path) -> dict[str, TensorEntry]:
+    """Parse one safetensors file's header: name → where its bytes are."""
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from e
+    base = 8 + length
+    entries = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        if meta["dtype"] not in DTYPES:
+            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
+        start, end = meta["data_offsets"]
+        entries[name] = TensorEntry(path, DTYPES[meta["dtype"]], tuple(meta["shape"]), base + start, base + end)
+    return entries
+
+
+class TensorReader:
+    """Reads tensors into one growing host buffer; each result is a view valid until the next read."""
+
+    def __init__(self):
+        self.buffer = torch.empty(0, dtype=torch.uint8)
+        self.handles: dict[Path, object] = {}
+
+    def read(self, entry: TensorEntry) -> torch.Tensor:
+        n = entry.end - entry.start
+        if self.buffer.numel() < n:
+            self.buffer = torch.empty(n, dtype=torch.uint8)
+        f = self.handles.get(entry.file) or self.handles.setdefault(entry.file, open(entry.file, "rb"))
+        f.seek(entry.start)
+        view = self.buffer[:n]
+        if f.readinto(memoryview(view.numpy())) != n:
+            raise CheckpointError(f"{entry.file}: file ends inside a tensor (truncated download?)")
+        return view.view(entry.dtype).view(entry.shape) if n else torch.empty(entry.shape, dtype=entry.dtype)
+
+    def close(self):
+        for f in self.handles.values():
+            f.close()
+        self.handles.clear()
+
+
+def iter_checkpoint(files: list[Path]) -> Iterator[tuple[str, TensorEntry]]:
+    for path in files:
+        yield from read_index(path).items()
+
+
+def build_on_meta(factory: Callable[[], nn.Module], device: torch.device | str, dtype: torch.dtype) -> nn.Module:
+    """Construct with no memory (meta), cast, then allocate uninitialised storage on `device`."""
+    with torch.device("meta"):
+        model = factory()
+    return model.to(dtype=dtype).to_empty(device=device)
+
+
+def load_weights(
+    model: nn.Module,
+    model_dir: Path,
+    pick_layout: Callable[[list[str]], KeyMap],
+    *,
+    ignored_suffixes: tuple[str, ...] = (),
+    allow_pickle: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> KeyMap:
+    """Copy every checkpoint tensor into `model`'s parameter of the mapped name (casting to its dtype).
+
+    Raises CheckpointError naming every parameter left missing, every checkpoint tensor unused, and every shape
+    mismatch. Returns the layout used.
+    """
+    files = weight_files(model_dir, allow_pickle)
+    if files[0].suffix in PICKLE_SUFFIXES:
+        tensors = {}
+        for path in files:  # weights_only: tensors and containers only, no arbitrary objects
+            tensors.update(torch.load(path, map_location="cpu", weights_only=True))
+        entries = list(tensors.items())
+    else:
+        entries = list(iter_checkpoint(files))
+    layout = pick_layout([name for name, _ in entries])
+    params = dict(model.named_parameters(remove_duplicate=False))
+    owner = {name: id(p) for name, p in params.items()}  # tied parameters share one id
+    loaded: set[int] = set()
+    unexpected, mismatched = [], []
+    reader = TensorReader()
+    try:
+        with torch.no_grad():
+            for key, entry in entries:
+                target = layout.rename(key)
+                if target is None or target not in params:
+                    if not key.endswith(ignored_suffixes):
+                        unexpected.append(key)
+                    continue
+                param = params[target]
+                shape = entry.shape if isinstance(entry, TensorEntry) else tuple(entry.shape)
+                if shape != tuple(param.shape):
+                    mismatched.append(f"{key} {list(shape)} vs {target} {list(param.shape)}")
+                    continue
+                tensor = reader.read(entry) if isinstance(entry, TensorEntry) else entry
+                param.copy_(tensor)
+                loaded.add(owner[target])
+                if progress:
+                    progress(tensor.numel() * tensor.element_size())
+    finally:
+        reader.close()
+    missing = [name for name, p in model.named_parameters() if id(p) not in loaded]
+    if missing or unexpected or mismatched:
+        parts = [f"{model_dir}: the checkpoint ({layout.name} layout) does not fit the model"]
+        if missing:
+            parts.append(f"missing {len(missing)}: {summarise(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: {summarise(unexpected)}")
+        if mismatched:
+            parts.append(f"wrong shape {len(mismatched)}: {'; '.join(mismatched[:20])}")
+        raise CheckpointError(" · ".join(parts))
+    return layout
+
+
+def summarise(keys: list[str]) -> str:
+    """Every key, with runs over layer numbers folded: `llm.layers.{0-31}.mlp.up_proj.weight`."""
+    groups: dict[str, list[int]] = {}
+    order: list[str] = []
+    for key in keys:
+        m = re.search(r"\.(\d+)\.", key)
+        pattern = key[: m.start()] + ".{}." + key[m.end():] if m else key
+        if pattern not in groups:
+            groups[pattern] = []
+            order.append(pattern)
+        if m:
+            groups[pattern].append(int(m.group(1)))
+    out = []
+    for pattern in order:
+        nums = sorted(set(groups[pattern]))
+        if not nums:
+            out.append(pattern)
+        elif len(nums) == 1:
+            out.append(pattern.replace("{}", str(nums[0])))
+        elif nums == list(range(nums[0], nums[-1] + 1)):
+            out.append(pattern.replace("{}", f"{{{nums[0]}-{nums[-1]}}}"))
+        else:
+            out.append(pattern.replace("{}", "{" + ",".join(map(str, nums)) + "}"))
+    return ", ".join(out)
