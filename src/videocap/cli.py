@@ -1,4 +1,5 @@
-"""The `videocap` command line: a thin client of the Python API (videocap.video today).
+"""The `videocap` command line: a thin client of the Python API (video commands here, model commands in
+cli_models.py).
 
 Every user-caused error ends as one line on stderr and exit code 2; nothing here knows how decoding works.
 """
@@ -11,9 +12,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from videocap import __version__
-from videocap.errors import VideocapError
 from PIL import Image
+
+from videocap import __version__
+from videocap.cli_models import add_model_commands
+from videocap.errors import VideocapError
 
 from videocap.video import Every, Fps, SeekMode, Uniform, Uniform16, VideoInfo, VideoReader, layout, probe
 from videocap.video.frames import choose
@@ -115,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     frames.add_argument("--ext", choices=["png", "jpg"], default="png", help="image type for --dir (default: png)")
     frames.add_argument("--json", action="store_true", help="print the result as one JSON object")
     frames.set_defaults(run=run_frames)
+    add_model_commands(commands)
     return parser
 
 

@@ -32,20 +32,33 @@ class LlavaNext(nn.Module):
         if cfg.text.tie_word_embeddings:
             self.lm_head.weight = self.llm.embed_tokens.weight
 
-    def tiles_per_image(self, size: tuple[int, int]) -> int:
+    def kv_spec(self) -> tuple[int, int, int]:
+        """(layers, kv heads, head dim): what the engine's KV cache must hold."""
+        t = self.cfg.text
+        return t.num_layers, t.num_kv_heads, t.head_dim
+
+    def max_context(self) -> int:
+        return self.cfg.text.max_position_embeddings
+
+    def tiles_per_image(self, size: tuple[int, int] | None) -> int:
+        if size is None:
+            return 1
         cols, rows = anyres.grid_shape(size, self.cfg.grid_pinpoints, self.cfg.vision.image_size)
         return 1 + cols * rows
 
-    def encode_images(self, pixels: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    def encode_images(self, pixels: torch.Tensor, sizes: list[tuple[int, int] | None]) -> list[torch.Tensor]:
         """All tiles of all images, (N, 3, S, S) in `anyres.process_anyres` order, and each image's original
-        (width, height) → one (tokens_i, hidden) embedding sequence per image."""
+        (width, height) → one (tokens_i, hidden) embedding sequence per image.
+
+        A size of None means the image is its base view alone (one tile): its embeddings are that view's patch
+        features with no newline, which is what the seed's run.py and web demo feed (see processor.py)."""
         counts = [self.tiles_per_image(size) for size in sizes]
         assert sum(counts) == pixels.shape[0], f"{pixels.shape[0]} tiles for images needing {counts}"
         feats = self.vision.features(pixels, self.cfg.vision_feature_layer)  # (N, 1 + P, C_vision)
         if self.cfg.drop_cls:
             feats = feats[:, 1:]
         feats = self.projector(feats)  # (N, P, hidden)
-        return [self.merge(f, size) for f, size in zip(feats.split(counts), sizes)]
+        return [f[0] if size is None else self.merge(f, size) for f, size in zip(feats.split(counts), sizes)]
 
     def merge(self, feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """spatial_unpad: (1 + rows*cols, P, D) tile features → base view tokens, then the tiles' feature map

@@ -1,0 +1,107 @@
+"""The Python API: `load(model) -> Captioner`, then `Captioner.ask(video, question)` or `Captioner.chat(video)`.
+
+Owns turning a model argument (Hub id, alias, local directory) into a ready model, processor and engine on the
+chosen device and dtype. The CLI and every later frontend are thin clients of this.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from videocap.engine.engine import Engine
+from videocap.errors import CheckpointError, VideocapError
+from videocap.models.llava_next import prompt
+from videocap.models.llava_next.config import load_config
+from videocap.models.llava_next.processor import ImageView, LlavaNextProcessor
+from videocap.models.llava_next.weights import load as load_llava_next
+from videocap.tasks.ask import Answer, Chat
+from videocap.weights import hub
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class DeviceError(VideocapError, ValueError):
+    """A device or dtype that cannot be used here."""
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise DeviceError(f"unknown device {device!r} (use cuda, cuda:N or cpu)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r} asked for, but this torch build sees no CUDA GPU")
+    return dev
+
+
+def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise DeviceError(f"unknown dtype {dtype!r} (use {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+class Captioner:
+    """A loaded model with its processor and engine."""
+
+    def __init__(self, model, processor: LlavaNextProcessor, engine: Engine, name: str):
+        self.model, self.processor, self.engine, self.name = model, processor, engine, name
+
+    def ask(self, video: str, question: str = prompt.DEFAULT_QUERY, *, frames: int = 16, start: float | None = None,
+            end: float | None = None, preamble: bool = True, **generation) -> Answer:
+        """Answer one question about `video`. `generation`: max_new_tokens, temperature, top_p, seed, on_text."""
+        return self.chat(video, frames=frames, start=start, end=end, preamble=preamble).ask(question, **generation)
+
+    def chat(self, video: str, *, frames: int = 16, start: float | None = None, end: float | None = None,
+             preamble: bool = True) -> Chat:
+        return Chat(self, video, frames=frames, start=start, end=end, preamble=preamble)
+
+
+def load(
+    model: str,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    allow_pickle: bool = False,
+    image_view: str = "anyres",
+    progress: bool = True,
+    max_cache_tokens: int | None = None,
+    gpu_memory_fraction: float = 0.9,
+) -> Captioner:
+    """Load `model` (Hub id[@revision], alias such as "sharegpt4video-8b", or a local checkpoint directory)."""
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    try:
+        view = ImageView(image_view)
+    except ValueError as e:
+        raise DeviceError(f"unknown image view {image_view!r} (use anyres or base)") from e
+    model_dir = hub.resolve(model, allow_pickle=allow_pickle, progress=progress)
+    family = model_family(model_dir)
+    if family != "llava_next":
+        raise CheckpointError(f"{model}: model family {family!r} is not supported yet")
+    cfg = load_config(model_dir)
+    tokenizer = prompt.load_tokenizer(model_dir)
+    total = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
+    with tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", disable=not progress or total < 1 << 26) as bar:
+        net = load_llava_next(model_dir, device=dev, dtype=dt, allow_pickle=allow_pickle, progress=bar.update)
+    if max_cache_tokens is None and dev.type != "cuda":
+        max_cache_tokens = net.max_context()
+    engine = Engine(net, max_cache_tokens=max_cache_tokens, gpu_memory_fraction=gpu_memory_fraction)
+    return Captioner(net, LlavaNextProcessor(cfg, tokenizer, view), engine, model)
+
+
+def model_family(model_dir: Path) -> str:
+    try:
+        model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{model_dir}: cannot read config.json: {e}") from e
+    if model_type in ("llava_next", "llava_llama", "llava"):
+        return "llava_next"
+    return str(model_type)

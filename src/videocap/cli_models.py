@@ -1,0 +1,167 @@
+"""The model commands of the `videocap` CLI: `ask`, `chat`, `download`. Thin clients of videocap.api."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from videocap.models.llava_next.prompt import DEFAULT_QUERY
+
+DEFAULT_MODEL = "sharegpt4video-8b"
+
+MODEL_EPILOG = """\
+models: a Hub id (optionally @revision), a local checkpoint directory, or an alias:
+  sharegpt4video-8b     Lin-Chen/sharegpt4video-8b (LLaVA-NeXT + Llama-3-8B, ~16.7 GB)
+The first use downloads into the Hugging Face cache (HF_HOME); later uses read the cache with no network.
+HF_HUB_OFFLINE=1 never touches the network. Only safetensors weights are read unless --allow-pickle."""
+
+
+def add_model_commands(commands) -> None:
+    ask = commands.add_parser(
+        "ask", help="answer a question about a video",
+        description="Sample frames of VIDEO (ShareGPT4Video-8B's uniform16), tile them into one grid image, and "
+        "answer QUESTION with the model. The answer streams to stdout; --json prints one JSON object instead.",
+        epilog=MODEL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ask.add_argument("video", help="path to the video file")
+    ask.add_argument("question", nargs="?", default=DEFAULT_QUERY, help=f"the question (default: {DEFAULT_QUERY!r})")
+    add_model_options(ask)
+    add_generation_options(ask)
+    ask.add_argument("--json", action="store_true",
+                     help="print one JSON object: answer, frame timestamps, token counts, timings")
+    ask.set_defaults(run=run_ask)
+
+    chat = commands.add_parser(
+        "chat", help="a multi-turn conversation about one video",
+        description="Ask questions about VIDEO one after another. The video is decoded and encoded once; each answer "
+        "sees the earlier turns. Commands: /reset forgets the conversation (keeps the video), /quit (or Ctrl-D) ends.",
+        epilog=MODEL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    chat.add_argument("video", help="path to the video file")
+    add_model_options(chat)
+    add_generation_options(chat)
+    chat.set_defaults(run=run_chat)
+
+    download = commands.add_parser(
+        "download", help="fetch a model into the local cache ahead of use",
+        description="Download MODEL's config, tokenizer and safetensors weights into the Hugging Face cache, "
+        "so later commands run offline. Prints the local directory.",
+        epilog=MODEL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    download.add_argument("model", help="Hub id[@revision] or alias")
+    download.add_argument("--allow-pickle", action="store_true",
+                          help="also accept a repository that has only pickled (.bin) weights")
+    download.set_defaults(run=run_download)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    from videocap.cli import _positive_int, _seconds
+
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model id, alias or directory (default: {DEFAULT_MODEL})")
+    p.add_argument("--frames", type=_positive_int, default=16, metavar="N",
+                   help="frames tiled into the grid (default: 16, as the model was trained)")
+    p.add_argument("--start", type=_seconds, default=None, metavar="S", help="window start in seconds")
+    p.add_argument("--end", type=_seconds, default=None, metavar="S", help="window end in seconds")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
+                   help="weights and compute dtype (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--image-view", choices=["anyres", "base"], default="anyres",
+                   help="anyres: base view + tiles, as the model was trained (default); base: the 336 px base "
+                   "view only, what the reference run.py and demo actually feed")
+    p.add_argument("--no-preamble", dest="preamble", action="store_false",
+                   help="leave out the grid preamble the reference puts before the question")
+    p.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (can run code)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_generation_options(p: argparse.ArgumentParser) -> None:
+    from videocap.cli import _positive_int
+
+    p.add_argument("--max-new-tokens", type=_positive_int, default=512, metavar="N",
+                   help="stop after N new tokens (default: 512, as run.py)")
+    p.add_argument("--temperature", type=_temperature, default=0.0,
+                   help="0 = greedy, as run.py (default); the web demo uses 0.1 with --top-p 0.9")
+    p.add_argument("--top-p", type=_top_p, default=1.0, help="nucleus sampling mass (default: 1.0)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+
+
+def load_from_args(args: argparse.Namespace):
+    from videocap.api import load
+
+    return load(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle,
+                image_view=args.image_view, progress=not args.quiet)
+
+
+def generation_kwargs(args: argparse.Namespace) -> dict:
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    captioner = load_from_args(args)
+    chat = captioner.chat(args.video, frames=args.frames, start=args.start, end=args.end, preamble=args.preamble)
+    if args.json:
+        answer = chat.ask(args.question, **generation_kwargs(args))
+        print(json.dumps({"video": args.video, "model": args.model, **answer.to_dict()}))
+        return 0
+    answer = chat.ask(args.question, on_text=_print_stream, **generation_kwargs(args))
+    print()
+    if not args.quiet:
+        print(f"[{answer.new_tokens} tokens, {answer.timings['total']:.1f} s, {answer.finish_reason}]", file=sys.stderr)
+    return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    captioner = load_from_args(args)
+    chat = captioner.chat(args.video, frames=args.frames, start=args.start, end=args.end, preamble=args.preamble)
+    times = ", ".join(f"{t:.1f}" for t in chat.timestamps)
+    print(f"{args.video}: {len(chat.timestamps)} frames at {times} s. /reset forgets the conversation, /quit ends.")
+    while True:
+        try:
+            question = input("you> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if not question:
+            continue
+        if question in ("/quit", "/exit"):
+            return 0
+        if question == "/reset":
+            chat.reset()
+            print("(conversation cleared)")
+            continue
+        print("model> ", end="", flush=True)
+        chat.ask(question, on_text=_print_stream, **generation_kwargs(args))
+        print()
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from videocap.weights import hub
+
+    print(hub.download(args.model, allow_pickle=args.allow_pickle))
+    return 0
+
+
+def _print_stream(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _top_p(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value

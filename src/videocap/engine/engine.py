@@ -1,0 +1,98 @@
+"""The engine loop: schedule → run → postprocess. Requests in, streamed `Output`s out.
+
+Knows nothing of video, prompts or tokenizers: a request is token ids, an image mask and image input. Every
+frontend (tasks, CLI, Python API) goes through `Engine.generate`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from videocap.engine.kv_cache import blocks_needed
+from videocap.engine.request import FinishReason, Output, Request
+from videocap.engine.runner import ModelRunner
+from videocap.engine.sampler import sample
+from videocap.engine.scheduler import Batch, Scheduler, Sequence
+
+
+class Engine:
+    def __init__(
+        self, model, *, block_size: int = 16, gpu_memory_fraction: float = 0.9, max_cache_tokens: int | None = None
+    ):
+        self.runner = ModelRunner(
+            model, block_size=block_size, gpu_memory_fraction=gpu_memory_fraction, max_cache_tokens=max_cache_tokens
+        )
+        self.scheduler = Scheduler(self.runner.allocator, block_size)
+        self.max_len = model.max_context()
+        self.block_size = block_size
+
+    def add(self, request: Request) -> Sequence:
+        n = len(request.token_ids)
+        if n >= self.max_len:
+            raise ValueError(f"the prompt has {n} tokens; the model's context holds {self.max_len}")
+        if blocks_needed(n + 1, self.block_size) > self.runner.allocator.num_blocks:
+            raise ValueError(f"the prompt has {n} tokens; the KV cache holds {self.runner.cache_tokens}")
+        generator = None
+        if not request.sampling.greedy:
+            generator = torch.Generator(device=self.runner.device)
+            generator.manual_seed(request.sampling.seed if request.sampling.seed is not None else torch.seed())
+        seq = Sequence(request, list(request.token_ids), generator, image_embeds=request.image_embeds)
+        self.scheduler.add(seq)
+        return seq
+
+    def step(self) -> list[Output]:
+        batch = self.scheduler.schedule()
+        logits = self.runner.run(batch)
+        return self.postprocess(batch, logits)
+
+    def postprocess(self, batch: Batch, logits: torch.Tensor) -> list[Output]:
+        tokens = sample(logits, [s.request.sampling for s in batch.seqs], [s.generator for s in batch.seqs]).tolist()
+        now = time.perf_counter()
+        outputs = []
+        for seq, token in zip(batch.seqs, tokens):
+            params = seq.request.sampling
+            if batch.prefill and not seq.generated:
+                seq.timings.prefill = now - seq.request.arrival - seq.timings.queued
+                seq.timings.first_token = now - seq.request.arrival
+                seq.decode_start = now
+            new = []
+            if token in params.stop_token_ids:
+                seq.finish_reason = FinishReason.STOP
+            else:
+                seq.tokens.append(token)
+                new = [token]
+                if len(seq.generated) >= params.max_new_tokens:
+                    seq.finish_reason = FinishReason.LENGTH
+                elif len(seq.tokens) >= self.max_len:
+                    seq.finish_reason = FinishReason.CONTEXT
+            finished = seq.finish_reason is not None
+            if finished:
+                self.scheduler.finish(seq)
+                steps = len(seq.generated) - 1
+                if steps > 0 and now > seq.decode_start:
+                    seq.timings.decode_tokens_per_s = steps / (now - seq.decode_start)
+            outputs.append(
+                Output(
+                    seq.request.request_id, list(seq.generated), new, seq.prompt_len, finished, seq.finish_reason,
+                    seq.timings, seq.image_embeds if finished else None,
+                )
+            )
+        return outputs
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[Output]:
+        """Run `requests` to completion, yielding each step's outputs as they are produced (streaming)."""
+        for request in requests:
+            self.add(request)
+        while self.scheduler.has_work():
+            yield from self.step()
+
+    def run(self, request: Request) -> Output:
+        """One request to completion; returns its final output."""
+        final = None
+        for out in self.generate([request]):
+            final = out
+        assert final is not None and final.finished
+        return final

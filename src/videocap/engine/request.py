@@ -1,0 +1,95 @@
+"""What goes into the engine and what comes out: `Request`, `SamplingParams`, `Output`.
+
+A request is token ids with the image positions marked, plus the image input for those positions — either pixels
+for the model's vision encoder or embeddings already computed (a chat reusing its video across turns). The
+engine knows nothing of video, prompts or tokenizers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+
+_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 512
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k cut
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """Pixels of every tile of one or more images (model-specific order) with each image's (width, height)."""
+
+    pixels: torch.Tensor  # (tiles, 3, S, S)
+    sizes: tuple[tuple[int, int], ...]
+
+
+@dataclass
+class Request:
+    token_ids: list[int]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    image_mask: list[bool] | None = None  # True where an image embedding replaces the token
+    images: ImageInput | None = None
+    image_embeds: torch.Tensor | None = None  # (image positions, hidden), instead of `images`
+    request_id: int = field(default_factory=lambda: next(_ids))
+    arrival: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self):
+        if not self.token_ids:
+            raise ValueError("a request needs at least one prompt token")
+        if self.image_mask is not None and len(self.image_mask) != len(self.token_ids):
+            raise ValueError("image_mask must have one entry per prompt token")
+        if (self.images is not None or self.image_embeds is not None) and not any(self.image_mask or ()):
+            raise ValueError("an image was given but no prompt position is marked for it")
+
+
+class FinishReason(Enum):
+    STOP = "stop"  # a stop token was produced (not included in the output)
+    LENGTH = "length"  # max_new_tokens reached
+    CONTEXT = "context"  # the model's context window is full
+
+
+@dataclass
+class Timings:
+    queued: float = 0.0  # seconds from arrival to admission
+    vision: float = 0.0
+    prefill: float = 0.0  # including vision
+    first_token: float = 0.0  # seconds from arrival to the first new token
+    decode_tokens_per_s: float = 0.0
+
+
+@dataclass
+class Output:
+    request_id: int
+    token_ids: list[int]  # all new tokens so far
+    new_token_ids: list[int]  # the tokens this step added
+    prompt_tokens: int
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    timings: Timings = field(default_factory=Timings)
+    image_embeds: torch.Tensor | None = None  # the computed image embeddings, for reuse by a follow-up request

@@ -1,0 +1,122 @@
+"""Questions about one video: `ask` (one question) and `Chat` (a conversation that keeps the video's frames and
+image embeddings, so a follow-up neither decodes the video nor runs the vision encoder again).
+
+The video becomes one image: `frames` frames sampled with ShareGPT4Video-8B's formula (uniform16) and tiled into
+its grid with white bands. Generation goes through the engine; text streams to an optional callback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from videocap.engine.request import Output, SamplingParams
+from videocap.models.llava_next.prompt import DEFAULT_QUERY, Turn
+from videocap.video import SeekMode, Uniform16, layout, sample
+
+if TYPE_CHECKING:
+    from videocap.api import Captioner
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    question: str
+    frame_timestamps: tuple[float, ...]  # seconds, the frames the grid shows
+    prompt_tokens: int
+    image_tokens: int
+    new_tokens: int
+    finish_reason: str
+    timings: dict[str, float] = field(default_factory=dict)  # seconds, and decode tokens/s
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TextStream:
+    """Turns growing token lists into text deltas; holds back an incomplete UTF-8 character."""
+
+    def __init__(self, decode: Callable[[list[int]], str], emit: Callable[[str], None] | None):
+        self.decode, self.emit, self.sent = decode, emit, ""
+
+    def update(self, ids: list[int]) -> None:
+        if self.emit is None:
+            return
+        text = self.decode(ids)
+        if text.endswith("\ufffd") or not text.startswith(self.sent):
+            return
+        if len(text) > len(self.sent):
+            self.emit(text[len(self.sent):])
+            self.sent = text
+
+
+class Chat:
+    """A conversation about one video. `ask()` appends a turn; `reset()` forgets the turns, not the video."""
+
+    def __init__(
+        self,
+        captioner: Captioner,
+        video: str,
+        *,
+        frames: int = 16,
+        start: float | None = None,
+        end: float | None = None,
+        seek: SeekMode = SeekMode.EXACT,
+        preamble: bool = True,
+    ):
+        self.captioner = captioner
+        self.preamble = preamble
+        t0 = time.perf_counter()
+        sampled = sample(video, Uniform16(frames), start=start, end=end, mode=seek)
+        self.grid = layout.grid(sampled.images)
+        self.timestamps = sampled.timestamps
+        self.image = captioner.processor.prepare_image(self.grid)
+        self.decode_seconds = time.perf_counter() - t0
+        self.image_embeds: torch.Tensor | None = None
+        self.turns: list[Turn] = []
+
+    def ask(
+        self,
+        question: str = DEFAULT_QUERY,
+        *,
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Answer:
+        t0 = time.perf_counter()
+        sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        processor = self.captioner.processor
+        request = processor.request(
+            [*self.turns, Turn(question)], sampling, image=self.image, image_embeds=self.image_embeds,
+            preamble=self.preamble,
+        )
+        stream = TextStream(processor.decode, on_text)
+        final: Output | None = None
+        for out in self.captioner.engine.generate([request]):
+            stream.update(out.token_ids)
+            final = out
+        assert final is not None and final.finished
+        if final.image_embeds is not None:
+            self.image_embeds = final.image_embeds
+        text = processor.decode(final.token_ids)
+        self.turns.append(Turn(question, text))
+        t = final.timings
+        timings = {
+            "decode_video": self.decode_seconds if len(self.turns) == 1 else 0.0,
+            "vision": t.vision, "prefill": t.prefill, "first_token": t.first_token,
+            "total": time.perf_counter() - t0 + (self.decode_seconds if len(self.turns) == 1 else 0.0),
+            "decode_tokens_per_s": t.decode_tokens_per_s,
+        }
+        return Answer(
+            text, question, self.timestamps, final.prompt_tokens, self.image.num_tokens, len(final.token_ids),
+            final.finish_reason.value, timings,
+        )
+
+    def reset(self) -> None:
+        self.turns = []
