@@ -1,7 +1,8 @@
 """videocap: answer questions about videos and caption them with LLaVA-style video-language models.
 
-The Python API. Today it covers the video side (probe, sample, lay out frames); the model families, the engine
-and the captioning tasks build on it.
+The Python API: `videocap.load(model)` returns a `Captioner` (`.ask(video, question)`, `.chat(video)`); the video
+side (probe, sample, lay out frames) is importable without torch. The model API is imported on first use, so
+`videocap info` and friends start fast.
 """
 
 from videocap.errors import VideocapError, VideoError
@@ -9,7 +10,22 @@ from videocap.video import Every, Fps, Frames, SeekMode, Uniform, Uniform16, Vid
 
 __version__ = "0.1.0"
 
+_LAZY = {"load": "videocap.api", "Captioner": "videocap.api", "Chat": "videocap.tasks.ask", "Answer": "videocap.tasks.ask"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'videocap' has no attribute {name!r}")
+
+
 __all__ = [
+    "Answer",
+    "Captioner",
+    "Chat",
+    "load",
     "Every",
     "Fps",
     "Frames",
