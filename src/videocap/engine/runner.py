@@ -59,6 +59,7 @@ class ModelRunner:
             slot_mapping=torch.tensor(slots, device=self.device),
             block_tables=torch.tensor(tables, device=self.device),
             block_size=self.block_size,
+            max_context_len=max(len(s.tokens) for s in batch.seqs),
         )
         embeds = mask_t = None
         if any(image_mask):

@@ -13,6 +13,7 @@ faster kernels behind the same metadata.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +31,42 @@ class AttnMetadata:
     slot_mapping: torch.Tensor  # (T,) int64: the cache slot each new token's key/value is written to
     block_tables: torch.Tensor  # (B, max_blocks) int64: cache blocks of each sequence, in order
     block_size: int
+    max_context_len: int | None = None  # max(context_lens) known on the host: saves a device sync per layer
 
     @property
     def num_tokens(self) -> int:
         return sum(self.query_lens)
+
+    @cached_property
+    def plan(self) -> GatherPlan:
+        """Index tensors shared by every layer of the step (built once, on first use)."""
+        return GatherPlan.build(self)
+
+
+@dataclass(frozen=True)
+class GatherPlan:
+    q_index: torch.Tensor  # (B, max_q): packed row of each padded query slot (clamped)
+    q_valid: torch.Tensor  # (B, max_q) bool: padded slots that hold a real query
+    slots: torch.Tensor  # (B, max_ctx): cache slot of each context position
+    mask: torch.Tensor  # (B, 1, max_q, max_ctx) bool: causal, within the sequence's context
+
+    @staticmethod
+    def build(meta: AttnMetadata) -> GatherPlan:
+        device = meta.slot_mapping.device
+        max_q = max(meta.query_lens)
+        max_ctx = meta.max_context_len if meta.max_context_len is not None else int(meta.context_lens.max())
+        q_lens = torch.tensor(meta.query_lens, device=device)
+        starts = torch.cumsum(q_lens, 0) - q_lens
+        col = torch.arange(max_q, device=device)
+        q_valid = col[None, :] < q_lens[:, None]
+        q_index = (starts[:, None] + col[None, :]).clamp(max=meta.num_tokens - 1)
+        pos = torch.arange(max_ctx, device=device)
+        blocks = meta.block_tables[:, pos // meta.block_size]  # (B, max_ctx)
+        slots = blocks * meta.block_size + pos % meta.block_size
+        # Query j of sequence b sits at position context_len - query_len + j and sees keys up to that position.
+        q_pos = (meta.context_lens - q_lens)[:, None] + col[None, :]  # (B, max_q)
+        mask = (pos[None, None, :] <= q_pos[:, :, None]) & (pos[None, None, :] < meta.context_lens[:, None, None])
+        return GatherPlan(q_index, q_valid, slots, mask[:, None])
 
 
 def write_kv(cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
@@ -45,39 +78,16 @@ def write_kv(cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch
 
 def cached_attention(q: torch.Tensor, cache: torch.Tensor, meta: AttnMetadata, scale: float) -> torch.Tensor:
     """Causal attention of packed queries (T, H, D) over each sequence's cached context; returns (T, H, D)."""
-    B = len(meta.query_lens)
-    H, D = q.shape[1], q.shape[2]
-    kv_heads = cache.shape[-2]
-    max_q = max(meta.query_lens)
-    max_ctx = int(meta.context_lens.max())
-    device = q.device
-
-    # Pad queries to (B, max_q): row b holds sequence b's new tokens, right-aligned positions end at its context.
-    q_lens = torch.tensor(meta.query_lens, device=device)
-    starts = torch.cumsum(q_lens, 0) - q_lens
-    col = torch.arange(max_q, device=device)
-    q_valid = col[None, :] < q_lens[:, None]  # (B, max_q)
-    q_index = (starts[:, None] + col[None, :]).clamp(max=q.shape[0] - 1)
-    q_pad = q[q_index]  # (B, max_q, H, D)
-
-    # Gather each sequence's context from its blocks: (B, max_ctx, kv, D).
-    pos = torch.arange(max_ctx, device=device)
-    blocks = meta.block_tables[:, pos // meta.block_size]  # (B, max_ctx)
-    slots = blocks * meta.block_size + pos % meta.block_size
-    flat = cache.view(2, -1, kv_heads, D)
-    k = flat[0][slots].to(q.dtype)
-    v = flat[1][slots].to(q.dtype)
-    if kv_heads != H:  # grouped-query attention: each kv head serves H / kv_heads query heads
-        k = k.repeat_interleave(H // kv_heads, dim=2)
-        v = v.repeat_interleave(H // kv_heads, dim=2)
-
-    # Query j of sequence b sits at position context_len - query_len + j and sees keys up to that position.
-    q_pos = (meta.context_lens - q_lens)[:, None] + col[None, :]  # (B, max_q)
-    mask = (pos[None, None, :] <= q_pos[:, :, None]) & (pos[None, None, :] < meta.context_lens[:, None, None])
+    plan = meta.plan
+    D = q.shape[2]
+    flat = cache.view(2, -1, cache.shape[-2], D)
+    k = flat[0][plan.slots].to(q.dtype)  # (B, max_ctx, kv_heads, D)
+    v = flat[1][plan.slots].to(q.dtype)
     out = F.scaled_dot_product_attention(
-        q_pad.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask[:, None], scale=scale
+        q[plan.q_index].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=plan.mask, scale=scale,
+        enable_gqa=k.shape[2] != q.shape[1],  # grouped-query attention without copying kv heads
     )  # (B, H, max_q, D)
-    return out.transpose(1, 2)[q_valid]  # (T, H, D), packed back in the input order
+    return out.transpose(1, 2)[plan.q_valid]  # (T, H, D), packed back in the input order
 
 
 class SelfAttention(nn.Module):
