@@ -26,15 +26,16 @@ class Engine:
             model, block_size=block_size, gpu_memory_fraction=gpu_memory_fraction, max_cache_tokens=max_cache_tokens
         )
         self.scheduler = Scheduler(self.runner.allocator, block_size)
-        self.max_len = model.max_context()
+        # A sequence may grow to what the model or the cache holds (preempting all others, it fits alone).
+        self.max_len = min(model.max_context(), self.runner.cache_tokens)
         self.block_size = block_size
 
     def add(self, request: Request) -> Sequence:
         n = len(request.token_ids)
-        if n >= self.max_len:
-            raise ValueError(f"the prompt has {n} tokens; the model's context holds {self.max_len}")
         if blocks_needed(n + 1, self.block_size) > self.runner.allocator.num_blocks:
             raise ValueError(f"the prompt has {n} tokens; the KV cache holds {self.runner.cache_tokens}")
+        if n >= self.max_len:
+            raise ValueError(f"the prompt has {n} tokens; the model's context holds {self.max_len}")
         generator = None
         if not request.sampling.greedy:
             generator = torch.Generator(device=self.runner.device)

@@ -73,6 +73,8 @@ class Scheduler:
             return Batch(admitted, prefill=True)
         assert self.running, "schedule() called with no work, or a waiting request larger than the cache"
         for seq in list(self.running):  # room for the token each running sequence writes this step
+            if seq not in self.running:  # preempted for an earlier one: it must neither take blocks nor preempt
+                continue
             while blocks_needed(len(seq.tokens), self.block_size) > len(seq.blocks):
                 if self.allocator.can_allocate(1):
                     seq.blocks += self.allocator.allocate(1)
