@@ -45,8 +45,8 @@ class AttnMetadata:
 
 @dataclass(frozen=True)
 class GatherPlan:
-    q_index: torch.Tensor  # (B, max_q): packed row of each padded query slot (clamped)
-    q_valid: torch.Tensor  # (B, max_q) bool: padded slots that hold a real query
+    q_index: torch.Tensor | None  # (B, max_q): packed row of each padded query slot; None when no padding
+    out_index: torch.Tensor | None  # (T,): row of each real query among the B * max_q padded ones; None likewise
     slots: torch.Tensor  # (B, max_ctx): cache slot of each context position
     mask: torch.Tensor  # (B, 1, max_q, max_ctx) bool: causal, within the sequence's context
 
@@ -56,17 +56,20 @@ class GatherPlan:
         max_q = max(meta.query_lens)
         max_ctx = meta.max_context_len if meta.max_context_len is not None else int(meta.context_lens.max())
         q_lens = torch.tensor(meta.query_lens, device=device)
-        starts = torch.cumsum(q_lens, 0) - q_lens
         col = torch.arange(max_q, device=device)
-        q_valid = col[None, :] < q_lens[:, None]
-        q_index = (starts[:, None] + col[None, :]).clamp(max=meta.num_tokens - 1)
+        q_index = out_index = None
+        if any(n != max_q for n in meta.query_lens):  # ragged (prefill of several): pad, and pack back by index
+            starts = torch.cumsum(q_lens, 0) - q_lens
+            q_index = (starts[:, None] + col[None, :]).clamp(max=meta.num_tokens - 1)
+            rows = [b * max_q + j for b, n in enumerate(meta.query_lens) for j in range(n)]  # host: no device sync
+            out_index = torch.tensor(rows, device=device)
         pos = torch.arange(max_ctx, device=device)
         blocks = meta.block_tables[:, pos // meta.block_size]  # (B, max_ctx)
         slots = blocks * meta.block_size + pos % meta.block_size
         # Query j of sequence b sits at position context_len - query_len + j and sees keys up to that position.
         q_pos = (meta.context_lens - q_lens)[:, None] + col[None, :]  # (B, max_q)
         mask = (pos[None, None, :] <= q_pos[:, :, None]) & (pos[None, None, :] < meta.context_lens[:, None, None])
-        return GatherPlan(q_index, q_valid, slots, mask[:, None])
+        return GatherPlan(q_index, out_index, slots, mask[:, None])
 
 
 def write_kv(cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
@@ -79,15 +82,18 @@ def write_kv(cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch
 def cached_attention(q: torch.Tensor, cache: torch.Tensor, meta: AttnMetadata, scale: float) -> torch.Tensor:
     """Causal attention of packed queries (T, H, D) over each sequence's cached context; returns (T, H, D)."""
     plan = meta.plan
-    D = q.shape[2]
+    T, H, D = q.shape
+    B = len(meta.query_lens)
     flat = cache.view(2, -1, cache.shape[-2], D)
     k = flat[0][plan.slots].to(q.dtype)  # (B, max_ctx, kv_heads, D)
     v = flat[1][plan.slots].to(q.dtype)
+    q_pad = q.view(B, -1, H, D) if plan.q_index is None else q[plan.q_index]  # (B, max_q, H, D)
     out = F.scaled_dot_product_attention(
-        q[plan.q_index].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=plan.mask, scale=scale,
-        enable_gqa=k.shape[2] != q.shape[1],  # grouped-query attention without copying kv heads
+        q_pad.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=plan.mask, scale=scale,
+        enable_gqa=k.shape[2] != H,  # grouped-query attention without copying kv heads
     )  # (B, H, max_q, D)
-    return out.transpose(1, 2)[plan.q_valid]  # (T, H, D), packed back in the input order
+    out = out.transpose(1, 2).reshape(-1, H, D)  # (B * max_q, H, D)
+    return out if plan.out_index is None else out[plan.out_index]  # (T, H, D), packed back in the input order
 
 
 class SelfAttention(nn.Module):
