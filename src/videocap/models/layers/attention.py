@@ -12,7 +12,7 @@ faster kernels behind the same metadata.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -43,12 +43,23 @@ class AttnMetadata:
         return GatherPlan.build(self)
 
 
-@dataclass(frozen=True)
+@dataclass
 class GatherPlan:
     q_index: torch.Tensor | None  # (B, max_q): packed row of each padded query slot; None when no padding
     out_index: torch.Tensor | None  # (T,): row of each real query among the B * max_q padded ones; None likewise
     slots: torch.Tensor  # (B, max_ctx): cache slot of each context position
-    mask: torch.Tensor  # (B, 1, max_q, max_ctx) bool: causal, within the sequence's context
+    mask: torch.Tensor | None  # (B, 1, max_q, max_ctx) bool: causal, within the sequence's context; None when
+    causal: bool  # a lone sequence needs none: all its context is visible (decode) or plain causal (fresh prefill)
+    _bias: dict[torch.dtype, torch.Tensor] = field(default_factory=dict)
+
+    def bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The mask as an additive bias in `dtype`, converted once per step rather than inside every layer."""
+        if self.mask is None:
+            return None
+        if dtype not in self._bias:
+            zero = torch.zeros((), dtype=dtype, device=self.mask.device)
+            self._bias[dtype] = torch.where(self.mask, zero, torch.finfo(dtype).min)
+        return self._bias[dtype]
 
     @staticmethod
     def build(meta: AttnMetadata) -> GatherPlan:
@@ -66,10 +77,12 @@ class GatherPlan:
         pos = torch.arange(max_ctx, device=device)
         blocks = meta.block_tables[:, pos // meta.block_size]  # (B, max_ctx)
         slots = blocks * meta.block_size + pos % meta.block_size
+        if len(meta.query_lens) == 1 and (max_q == 1 or max_q == max_ctx):
+            return GatherPlan(q_index, out_index, slots, None, causal=max_q > 1)
         # Query j of sequence b sits at position context_len - query_len + j and sees keys up to that position.
         q_pos = (meta.context_lens - q_lens)[:, None] + col[None, :]  # (B, max_q)
         mask = (pos[None, None, :] <= q_pos[:, :, None]) & (pos[None, None, :] < meta.context_lens[:, None, None])
-        return GatherPlan(q_index, out_index, slots, mask[:, None])
+        return GatherPlan(q_index, out_index, slots, mask[:, None], causal=False)
 
 
 def write_kv(cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
@@ -89,7 +102,8 @@ def cached_attention(q: torch.Tensor, cache: torch.Tensor, meta: AttnMetadata, s
     v = flat[1][plan.slots].to(q.dtype)
     q_pad = q.view(B, -1, H, D) if plan.q_index is None else q[plan.q_index]  # (B, max_q, H, D)
     out = F.scaled_dot_product_attention(
-        q_pad.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=plan.mask, scale=scale,
+        q_pad.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=plan.bias(q.dtype),
+        is_causal=plan.causal, scale=scale,
         enable_gqa=k.shape[2] != H,  # grouped-query attention without copying kv heads
     )  # (B, H, max_q, D)
     out = out.transpose(1, 2).reshape(-1, H, D)  # (B * max_q, H, D)
