@@ -152,9 +152,8 @@ def load_weights(
     else:
         entries = list(iter_checkpoint(files))
     layout = pick_layout([name for name, _ in entries])
-    params = dict(model.named_parameters(remove_duplicate=False))
-    owner = {name: id(p) for name, p in params.items()}  # tied parameters share one id
-    loaded: set[int] = set()
+    params, owner = loadable_tensors(model)
+    loaded: set[object] = set()
     unexpected, mismatched = [], []
     reader = TensorReader()
     try:
@@ -177,7 +176,7 @@ def load_weights(
                     progress(tensor.numel() * tensor.element_size())
     finally:
         reader.close()
-    missing = [name for name, p in model.named_parameters() if id(p) not in loaded]
+    missing = list({owner[name]: name for name in reversed(params) if owner[name] not in loaded}.values())[::-1]
     if missing or unexpected or mismatched:
         parts = [f"{model_dir}: the checkpoint ({layout.name} layout) does not fit the model"]
         if missing:
@@ -188,6 +187,31 @@ def load_weights(
             parts.append(f"wrong shape {len(mismatched)}: {'; '.join(mismatched[:20])}")
         raise CheckpointError(" · ".join(parts))
     return layout
+
+
+def loadable_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    """Every tensor a checkpoint fills, by checkpoint-style name, and what each one belongs to.
+
+    Plain parameters under their own names (tied ones share an owner, so either name fills them); fused
+    projections (modules with `checkpoint_views()`) by their parts' names, e.g. `...self_attn.q_proj.weight`
+    for a row block of `...self_attn.qkv_proj.weight`.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    owner: dict[str, object] = {}
+    fused: set[str] = set()
+    for prefix, module in model.named_modules():
+        views = getattr(module, "checkpoint_views", None)
+        if views is None:
+            continue
+        parent = prefix.rpartition(".")[0]
+        fused.update(f"{prefix}.{n}" for n, _ in module.named_parameters(recurse=False))
+        for name, view in views().items():
+            full = f"{parent}.{name}" if parent else name
+            tensors[full], owner[full] = view, full
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if name not in fused:
+            tensors[name], owner[name] = p, id(p)
+    return tensors, owner
 
 
 def summarise(keys: list[str]) -> str:

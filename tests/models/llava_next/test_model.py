@@ -13,7 +13,8 @@ from llava_tiny import IMAGE_TOKEN, LAYOUTS, make_hf_model, save_layout
 from videocap.errors import CheckpointError
 from videocap.models.layers.attention import AttnMetadata
 from videocap.models.llava_next import anyres
-from videocap.models.llava_next.weights import load
+from videocap.models.llava_next.weights import LLAVA_HF_V5, load
+from videocap.weights.loader import loadable_tensors
 
 pytest.importorskip("transformers")
 
@@ -70,11 +71,11 @@ def hf_logits(hf, ids, pixels, size):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_layout_loads_to_the_same_weights(checkpoints, hf_model, layout):
     model = load(checkpoints[layout], dtype=torch.float32)
-    ours = dict(model.named_parameters())
-    assert torch.equal(ours["llm.layers.1.self_attn.k_proj.weight"], hf_model.model.language_model.layers[1].self_attn.k_proj.weight)
-    assert torch.equal(ours["vision.encoder.layers.2.mlp.fc2.bias"], hf_model.model.vision_tower.encoder.layers[2].mlp.fc2.bias)
-    assert torch.equal(ours["image_newline"], hf_model.model.image_newline)
-    assert torch.equal(ours["lm_head.weight"], hf_model.lm_head.weight)
+    ours, _ = loadable_tensors(model)  # fused projections by their parts' names (q_proj, gate_proj, ...)
+    theirs = {LLAVA_HF_V5.rename(k): v for k, v in hf_model.state_dict().items()}
+    assert set(ours) == set(theirs)
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from videocap.models.layers.mlp import FusedLinear
 from videocap.models.layers.rope import Rotary
 
 
@@ -97,9 +98,8 @@ def cached_attention(q: torch.Tensor, cache: torch.Tensor, meta: AttnMetadata, s
     plan = meta.plan
     T, H, D = q.shape
     B = len(meta.query_lens)
-    flat = cache.view(2, -1, cache.shape[-2], D)
-    k = flat[0][plan.slots].to(q.dtype)  # (B, max_ctx, kv_heads, D)
-    v = flat[1][plan.slots].to(q.dtype)
+    kv = cache.view(2, -1, cache.shape[-2], D)[:, plan.slots].to(q.dtype)  # (2, B, max_ctx, kv_heads, D)
+    k, v = kv[0], kv[1]
     q_pad = q.view(B, -1, H, D) if plan.q_index is None else q[plan.q_index]  # (B, max_q, H, D)
     out = F.scaled_dot_product_attention(
         q_pad.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=plan.bias(q.dtype),
@@ -111,24 +111,24 @@ def cached_attention(q: torch.Tensor, cache: torch.Tensor, meta: AttnMetadata, s
 
 
 class SelfAttention(nn.Module):
-    """Llama-style attention: separate q/k/v/o projections, grouped-query heads, rotary positions."""
+    """Llama-style attention: q/k/v (one fused projection; checkpoints' q_proj/k_proj/v_proj load into its rows),
+    grouped-query heads, rotary positions, o_proj."""
 
     def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, bias: bool = False):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
-        self.q_proj = nn.Linear(hidden, heads * head_dim, bias=bias)
-        self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=bias)
-        self.o_proj = nn.Linear(heads * head_dim, hidden, bias=bias)
+        q, kv = heads * head_dim, kv_heads * head_dim
+        self.qkv_proj = FusedLinear(hidden, {"q_proj": q, "k_proj": kv, "v_proj": kv}, bias=bias)
+        self.o_proj = nn.Linear(q, hidden, bias=bias)
 
     def forward(
         self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], meta: AttnMetadata, cache: torch.Tensor
     ) -> torch.Tensor:
-        T = x.shape[0]
-        q = self.q_proj(x).view(T, self.heads, self.head_dim)
-        k = self.k_proj(x).view(T, self.kv_heads, self.head_dim)
-        v = self.v_proj(x).view(T, self.kv_heads, self.head_dim)
-        q, k = Rotary.apply(q, *cos_sin), Rotary.apply(k, *cos_sin)
+        T, H, KV, D = x.shape[0], self.heads, self.kv_heads, self.head_dim
+        qkv = self.qkv_proj(x)  # (T, (H + 2 KV) * D)
+        qk = Rotary.apply(qkv[:, : (H + KV) * D].view(T, H + KV, D), *cos_sin)  # q and k rotated in one pass
+        q, k = qk[:, :H], qk[:, H:]
+        v = qkv[:, (H + KV) * D :].view(T, KV, D)
         write_kv(cache, k, v, meta.slot_mapping)
         out = cached_attention(q, cache, meta, self.head_dim**-0.5)
         return self.o_proj(out.reshape(T, self.heads * self.head_dim))

@@ -7,15 +7,38 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class FusedLinear(nn.Linear):
+    """Several projections of the same input as one matmul (one kernel instead of several per layer and step).
+
+    Checkpoints store the parts separately; `checkpoint_views()` gives each part's rows under its own name
+    (relative to the parent module), and the loader copies the stored tensors into those views.
+    """
+
+    def __init__(self, d_in: int, parts: dict[str, int], bias: bool = False):
+        super().__init__(d_in, sum(parts.values()), bias=bias)
+        self.parts = parts
+
+    def checkpoint_views(self) -> dict[str, torch.Tensor]:
+        views, start = {}, 0
+        for name, rows in self.parts.items():
+            views[f"{name}.weight"] = self.weight[start : start + rows]
+            if self.bias is not None:
+                views[f"{name}.bias"] = self.bias[start : start + rows]
+            start += rows
+        return views
+
+
 class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)); gate and up run as one fused projection."""
+
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.gate_up_proj = FusedLinear(hidden, {"gate_proj": intermediate, "up_proj": intermediate})
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
