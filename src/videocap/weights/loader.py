@@ -117,6 +117,11 @@ class TensorReader:
         self.handles.clear()
 
 
+def checkpoint_keys(model_dir: Path) -> list[str]:
+    """Tensor names of a safetensors checkpoint, from the headers alone (empty for pickled checkpoints)."""
+    return [name for name, _ in iter_checkpoint(sorted(Path(model_dir).glob("*.safetensors")))]
+
+
 def iter_checkpoint(files: list[Path]) -> Iterator[tuple[str, TensorEntry]]:
     for path in files:
         yield from read_index(path).items()
@@ -134,14 +139,17 @@ def load_weights(
     model_dir: Path,
     pick_layout: Callable[[list[str]], KeyMap],
     *,
-    ignored_suffixes: tuple[str, ...] = (),
+    ignore: Callable[[str], bool] = lambda key: False,
+    expect: Callable[[str], bool] = lambda name: True,
     allow_pickle: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> KeyMap:
     """Copy every checkpoint tensor into `model`'s parameter of the mapped name (casting to its dtype).
 
-    Raises CheckpointError naming every parameter left missing, every checkpoint tensor unused, and every shape
-    mismatch. Returns the layout used.
+    `ignore(key)`: checkpoint tensors known not to be weights of this model (derived buffers, the text half of a
+    CLIP checkpoint). `expect(name)`: the parameters this checkpoint must fill (all, unless another checkpoint
+    supplies the rest). Raises CheckpointError naming every expected parameter left missing, every other
+    checkpoint tensor unused, and every shape mismatch. Returns the layout used.
     """
     files = weight_files(model_dir, allow_pickle)
     if files[0].suffix in PICKLE_SUFFIXES:
@@ -161,7 +169,7 @@ def load_weights(
             for key, entry in entries:
                 target = layout.rename(key)
                 if target is None or target not in params:
-                    if not key.endswith(ignored_suffixes):
+                    if not ignore(key):
                         unexpected.append(key)
                     continue
                 param = params[target]
@@ -176,7 +184,8 @@ def load_weights(
                     progress(tensor.numel() * tensor.element_size())
     finally:
         reader.close()
-    missing = list({owner[name]: name for name in reversed(params) if owner[name] not in loaded}.values())[::-1]
+    missing = [name for name in params if expect(name) and owner[name] not in loaded]
+    missing = list({owner[name]: name for name in reversed(missing)}.values())[::-1]  # one name per tied tensor
     if missing or unexpected or mismatched:
         parts = [f"{model_dir}: the checkpoint ({layout.name} layout) does not fit the model"]
         if missing:

@@ -144,3 +144,38 @@ def test_missing_and_unexpected_tensors_are_named(checkpoints, tmp_path):
         load(bad, dtype=torch.float32)
     assert "missing 1: llm.layers.1.mlp.up_proj.weight" in str(e.value)
     assert "unexpected 1: language_model.model.layers.0.extra.weight" in str(e.value)
+
+
+def test_a_checkpoint_without_the_vision_tower_takes_it_from_mm_vision_tower(checkpoints, hf_model, tmp_path):
+    """LLaVA-original checkpoints may leave CLIP out; the reference then loads `mm_vision_tower` (here a local
+    CLIP folder holding both halves of a CLIP checkpoint)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src = checkpoints["llava"]
+    lean, clip = tmp_path / "lean", tmp_path / "clip"
+    shutil.copytree(src, lean)
+    clip.mkdir()
+    shutil.copy(src / "clip-vision" / "config.json", clip / "config.json")
+    tower = {}
+    for shard in lean.glob("*.safetensors"):
+        state = load_file(shard)
+        tower.update({k.replace("model.vision_tower.vision_tower.", ""): v for k, v in state.items() if "vision_tower" in k})
+        save_file({k: v for k, v in state.items() if "vision_tower" not in k}, shard)
+    tower["text_model.embeddings.token_embedding.weight"] = torch.zeros(3, 2)  # the text half is skipped
+    save_file(tower, clip / "model.safetensors")
+    config = json.loads((lean / "config.json").read_text())
+    config["mm_vision_tower"] = str(clip)
+    (lean / "config.json").write_text(json.dumps(config))
+
+    model = load(lean, dtype=torch.float32)
+    ours, _ = loadable_tensors(model)
+    theirs = {LLAVA_HF_V5.rename(k): v for k, v in hf_model.state_dict().items()}
+    assert all(torch.equal(ours[name], t) for name, t in theirs.items())
+
+    del tower["vision_model.post_layernorm.bias"]
+    save_file(tower, clip / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"missing 1: vision\.post_layernorm\.bias"):
+        load(lean, dtype=torch.float32)

@@ -13,5 +13,6 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.rms_norm(x.float(), (x.shape[-1],), None, self.eps)  # one fused kernel where torch has it
-        return self.weight * h.to(x.dtype)  # the cast before the scale is what the checkpoints were trained with
+        # Normalised in float32 inside the kernel and rounded to the input dtype before the scale, as the
+        # checkpoints were trained (HF Llama: x.float() → normalise → .to(dtype) → * weight), in one kernel.
+        return self.weight * torch.rms_norm(x, (x.shape[-1],), None, self.eps)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from videocap.models.llava_next.config import load_config
+from videocap.models.llava_next.config import Dialect, load_config
 from videocap.models.llava_next.model import LlavaNext
-from videocap.weights.loader import KeyMap, build_on_meta, load_weights
+from videocap.weights.loader import KeyMap, build_on_meta, checkpoint_keys, load_weights
 
 LLAVA_ORIGINAL = KeyMap(
     name="LLaVA-original (llava_llama)",
@@ -72,6 +72,11 @@ def layout_conflicts(layout: KeyMap, keys: list[str]) -> int:
     return 0
 
 
+# A CLIP checkpoint (what `mm_vision_tower` names) for LLaVA checkpoints that do not carry the vision tower.
+CLIP_VISION = KeyMap(name="CLIP", rules=(("vision_model.", "vision."),))
+CLIP_NOT_VISION = ("text_model.", "visual_projection.", "text_projection.", "logit_scale")
+
+
 def load(
     model_dir: Path,
     *,
@@ -80,10 +85,36 @@ def load(
     allow_pickle: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> LlavaNext:
-    """Build a LlavaNext from a checkpoint directory straight onto `device` in `dtype`."""
-    cfg = load_config(Path(model_dir))
+    """Build a LlavaNext from a checkpoint directory straight onto `device` in `dtype`.
+
+    The vision tower comes from the checkpoint when it carries it (Lin-Chen/sharegpt4video-8b does: no second
+    download). A LLaVA-original checkpoint without it gets it from `mm_vision_tower`, as the reference loads it:
+    a local CLIP folder, or that Hub id through the same cache.
+    """
+    model_dir = Path(model_dir)
+    cfg = load_config(model_dir)
     model = build_on_meta(lambda: LlavaNext(cfg), device, dtype)
+    keys = checkpoint_keys(model_dir)
+    carries_tower = any((LLAVA_ORIGINAL.rename(k) or "").startswith("vision.") for k in keys)
+    separate_tower = cfg.dialect is Dialect.LLAVA and bool(keys) and not carries_tower
     load_weights(
-        model, Path(model_dir), pick_layout, ignored_suffixes=IGNORED_SUFFIXES, allow_pickle=allow_pickle, progress=progress
+        model, model_dir, pick_layout, ignore=lambda key: key.endswith(IGNORED_SUFFIXES),
+        expect=lambda name: not (separate_tower and name.startswith("vision.")), allow_pickle=allow_pickle,
+        progress=progress,
     )
+    if separate_tower:
+        load_weights(
+            model, vision_tower_dir(cfg.vision_tower, model_dir), lambda keys: CLIP_VISION,
+            ignore=lambda key: key.startswith(CLIP_NOT_VISION) or key.endswith(IGNORED_SUFFIXES),
+            expect=lambda name: name.startswith("vision."), allow_pickle=allow_pickle, progress=progress,
+        )
     return model.eval()
+
+
+def vision_tower_dir(name: str, model_dir: Path) -> Path:
+    for local in (Path(name).expanduser(), model_dir / name):
+        if local.is_dir():
+            return local
+    from videocap.weights import hub
+
+    return hub.resolve(name)
