@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from videocap.engine.engine import Engine
-from videocap.errors import CheckpointError, VideocapError
+from videocap.errors import CheckpointError, DeviceError
 from videocap.models.llava_next import prompt
 from videocap.models.llava_next.config import load_config
 from videocap.models.llava_next.processor import ImageView, LlavaNextProcessor
@@ -24,10 +24,6 @@ from videocap.weights import hub
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-class DeviceError(VideocapError, ValueError):
-    """A device or dtype that cannot be used here."""
-
-
 def pick_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -35,8 +31,14 @@ def pick_device(device: str | None) -> torch.device:
         dev = torch.device(device)
     except RuntimeError as e:
         raise DeviceError(f"unknown device {device!r} (use cuda, cuda:N or cpu)") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {device!r} asked for, but this torch build sees no CUDA GPU")
+    if dev.type not in ("cpu", "cuda"):
+        raise DeviceError(f"device {device!r} is not supported (use cuda, cuda:N or cpu)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r} asked for, but this torch build sees no CUDA GPU")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f"device {device!r} does not exist: this machine has {count} CUDA GPU(s)")
     return dev
 
 
@@ -99,9 +101,12 @@ def load(
 
 def model_family(model_dir: Path) -> str:
     try:
-        model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
+        config = json.loads((Path(model_dir) / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{model_dir}: cannot read config.json: {e}") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{model_dir}: config.json is not a JSON object")
+    model_type = config.get("model_type")
     if model_type in ("llava_next", "llava_llama", "llava"):
         return "llava_next"
     return str(model_type)

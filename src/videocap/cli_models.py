@@ -83,6 +83,9 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=_temperature, default=0.0,
                    help="0 = greedy, as run.py (default); the web demo uses 0.1 with --top-p 0.9")
     p.add_argument("--top-p", type=_top_p, default=1.0, help="nucleus sampling mass (default: 1.0)")
+    p.add_argument("--top-k", type=_nonnegative, default=0, metavar="K",
+                   help="sample among the K likeliest tokens, 0 = all (default: 0; the web demo's transformers "
+                   "default was 50: --temperature 0.1 --top-p 0.9 --top-k 50 reproduces its sampling)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
 
 
@@ -94,10 +97,19 @@ def load_from_args(args: argparse.Namespace):
 
 
 def generation_kwargs(args: argparse.Namespace) -> dict:
-    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                top_k=args.top_k, seed=args.seed)
+
+
+def check_video(path: str) -> None:
+    """Fail on a bad video before spending a model load (16 GB of reading at 8B) on it."""
+    from videocap.video import probe
+
+    probe(path, count_frames=False)
 
 
 def run_ask(args: argparse.Namespace) -> int:
+    check_video(args.video)
     captioner = load_from_args(args)
     chat = captioner.chat(args.video, frames=args.frames, start=args.start, end=args.end, preamble=args.preamble)
     if args.json:
@@ -112,6 +124,9 @@ def run_ask(args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    from videocap.errors import PromptError, PromptTooLongError
+
+    check_video(args.video)
     captioner = load_from_args(args)
     chat = captioner.chat(args.video, frames=args.frames, start=args.start, end=args.end, preamble=args.preamble)
     times = ", ".join(f"{t:.1f}" for t in chat.timestamps)
@@ -131,7 +146,14 @@ def run_chat(args: argparse.Namespace) -> int:
             print("(conversation cleared)")
             continue
         print("model> ", end="", flush=True)
-        chat.ask(question, on_text=_print_stream, **generation_kwargs(args))
+        try:
+            chat.ask(question, on_text=_print_stream, **generation_kwargs(args))
+        except PromptTooLongError as e:
+            print(f"\nvideocap: {e}; /reset starts the conversation over", file=sys.stderr)
+            continue
+        except PromptError as e:
+            print(f"\nvideocap: {e}", file=sys.stderr)
+            continue
         print()
 
 
@@ -154,6 +176,16 @@ def _temperature(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _nonnegative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 

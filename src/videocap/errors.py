@@ -83,3 +83,15 @@ class UnsafeCheckpointError(ModelError):
 
 class CheckpointError(ModelError):
     """A checkpoint that does not fit the model: an unreadable config, missing or unexpected tensors, wrong shapes."""
+
+
+class PromptError(VideocapError, ValueError):
+    """A question or conversation that cannot become a prompt (an `<image>` marker in the text, say)."""
+
+
+class PromptTooLongError(VideocapError, ValueError):
+    """The prompt does not fit the model's context or the KV cache (a long chat: `/reset` starts over)."""
+
+
+class DeviceError(VideocapError, ValueError):
+    """A device or dtype that cannot be used here."""

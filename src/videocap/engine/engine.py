@@ -13,6 +13,7 @@ import torch
 
 from videocap.engine.kv_cache import blocks_needed
 from videocap.engine.request import FinishReason, Output, Request
+from videocap.errors import PromptTooLongError
 from videocap.engine.runner import ModelRunner
 from videocap.engine.sampler import sample
 from videocap.engine.scheduler import Batch, Scheduler, Sequence
@@ -27,19 +28,23 @@ class Engine:
         )
         self.scheduler = Scheduler(self.runner.allocator, block_size)
         # A sequence may grow to what the model or the cache holds (preempting all others, it fits alone).
-        self.max_len = min(model.max_context(), self.runner.cache_tokens)
+        self.context = model.max_context()
+        self.max_len = min(self.context, self.runner.cache_tokens)
         self.block_size = block_size
 
     def add(self, request: Request) -> Sequence:
         n = len(request.token_ids)
+        if n >= self.context:  # the model's own limit first: it is the one a user can act on
+            raise PromptTooLongError(f"the prompt has {n} tokens; the model's context holds {self.context}")
         if blocks_needed(n + 1, self.block_size) > self.runner.allocator.num_blocks:
-            raise ValueError(f"the prompt has {n} tokens; the KV cache holds {self.runner.cache_tokens}")
-        if n >= self.max_len:
-            raise ValueError(f"the prompt has {n} tokens; the model's context holds {self.max_len}")
+            raise PromptTooLongError(f"the prompt has {n} tokens; the KV cache holds {self.runner.cache_tokens}")
         generator = None
         if not request.sampling.greedy:
             generator = torch.Generator(device=self.runner.device)
-            generator.manual_seed(request.sampling.seed if request.sampling.seed is not None else torch.seed())
+            if request.sampling.seed is not None:
+                generator.manual_seed(request.sampling.seed)
+            else:
+                generator.seed()  # a fresh seed for this request only; the caller's global RNG is left alone
         seq = Sequence(request, list(request.token_ids), generator, image_embeds=request.image_embeds)
         self.scheduler.add(seq)
         return seq
@@ -84,16 +89,26 @@ class Engine:
         return outputs
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Output]:
-        """Run `requests` to completion, yielding each step's outputs as they are produced (streaming)."""
-        for request in requests:
-            self.add(request)
-        while self.scheduler.has_work():
-            yield from self.step()
+        """Run `requests` to completion, yielding each step's outputs as they are produced (streaming).
+
+        Outputs of other callers' requests sharing this engine may appear too (filter by request_id). If the
+        caller stops early (an exception in its loop, Ctrl-C, `break`), its unfinished requests are aborted and
+        their cache blocks freed: nothing of them leaks into later generations.
+        """
+        seqs = [self.add(request) for request in requests]
+        try:
+            while any(seq.finish_reason is None for seq in seqs):
+                yield from self.step()
+        finally:
+            for seq in seqs:
+                if seq.finish_reason is None:
+                    self.scheduler.abort(seq)
 
     def run(self, request: Request) -> Output:
         """One request to completion; returns its final output."""
         final = None
         for out in self.generate([request]):
-            final = out
+            if out.request_id == request.request_id:
+                final = out
         assert final is not None and final.finished
         return final

@@ -73,6 +73,7 @@ class FinishReason(Enum):
     STOP = "stop"  # a stop token was produced (not included in the output)
     LENGTH = "length"  # max_new_tokens reached
     CONTEXT = "context"  # the model's context window is full
+    ABORTED = "aborted"  # the caller stopped consuming the output
 
 
 @dataclass

@@ -16,7 +16,8 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     for b, (p, g) in enumerate(zip(params, generators)):
         if p.greedy:
             continue
-        probs = filtered_probs(logits[b].float() / p.temperature, p.top_k, p.top_p)
+        row = logits[b].float()
+        probs = filtered_probs((row - row.max()) / p.temperature, p.top_k, p.top_p)  # max first: no inf/inf
         out[b] = torch.multinomial(probs, 1, generator=g)[0]
     return out
 

@@ -94,6 +94,14 @@ class Scheduler:
         self.waiting.appendleft(victim)
         return victim
 
+    def abort(self, seq: Sequence) -> None:
+        """Drop a request its caller gave up on, wherever it is; its blocks are freed."""
+        if seq in self.running:
+            self.finish(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        seq.finish_reason = seq.finish_reason or FinishReason.ABORTED
+
     def finish(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.allocator.release(seq.blocks)

@@ -38,7 +38,12 @@ class Answer:
 
 
 class TextStream:
-    """Turns growing token lists into text deltas; holds back an incomplete UTF-8 character."""
+    """Turns growing token lists into text deltas that never need taking back.
+
+    Decoding the whole answer again can change its end: an incomplete UTF-8 character, or Llama-3's space
+    clean-up (" 's" → "'s", " ' " → "'", …), whose patterns span at most two spaces. So the text after the
+    second-to-last space is held back until more arrives, and `finish()` emits what is left.
+    """
 
     def __init__(self, decode: Callable[[list[int]], str], emit: Callable[[str], None] | None):
         self.decode, self.emit, self.sent = decode, emit, ""
@@ -47,9 +52,15 @@ class TextStream:
         if self.emit is None:
             return
         text = self.decode(ids)
-        if text.endswith("\ufffd") or not text.startswith(self.sent):
-            return
-        if len(text) > len(self.sent):
+        cut = text.rfind(" ", 0, max(text.rfind(" "), 0))  # the second-to-last space
+        self._send(text[: max(cut, 0)])
+
+    def finish(self, ids: list[int]) -> None:
+        if self.emit is not None:
+            self._send(self.decode(ids))
+
+    def _send(self, text: str) -> None:
+        if len(text) > len(self.sent) and text.startswith(self.sent) and not text.endswith("\ufffd"):
             self.emit(text[len(self.sent):])
             self.sent = text
 
@@ -86,11 +97,14 @@ class Chat:
         max_new_tokens: int = 512,
         temperature: float = 0.0,
         top_p: float = 1.0,
+        top_k: int = 0,
         seed: int | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> Answer:
         t0 = time.perf_counter()
-        sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        sampling = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed
+        )
         processor = self.captioner.processor
         request = processor.request(
             [*self.turns, Turn(question)], sampling, image=self.image, image_embeds=self.image_embeds,
@@ -99,19 +113,20 @@ class Chat:
         stream = TextStream(processor.decode, on_text)
         final: Output | None = None
         for out in self.captioner.engine.generate([request]):
-            stream.update(out.token_ids)
-            final = out
+            if out.request_id == request.request_id:  # the engine may be serving other callers too
+                stream.update(out.token_ids)
+                final = out
         assert final is not None and final.finished
+        stream.finish(final.token_ids)
         if final.image_embeds is not None:
             self.image_embeds = final.image_embeds
         text = processor.decode(final.token_ids)
         self.turns.append(Turn(question, text))
         t = final.timings
+        video_s, self.decode_seconds = self.decode_seconds, 0.0  # counted once, in the first answer
         timings = {
-            "decode_video": self.decode_seconds if len(self.turns) == 1 else 0.0,
-            "vision": t.vision, "prefill": t.prefill, "first_token": t.first_token,
-            "total": time.perf_counter() - t0 + (self.decode_seconds if len(self.turns) == 1 else 0.0),
-            "decode_tokens_per_s": t.decode_tokens_per_s,
+            "decode_video": video_s, "vision": t.vision, "prefill": t.prefill, "first_token": t.first_token,
+            "total": time.perf_counter() - t0 + video_s, "decode_tokens_per_s": t.decode_tokens_per_s,
         }
         return Answer(
             text, question, self.timestamps, final.prompt_tokens, self.image.num_tokens, len(final.token_ids),

@@ -145,7 +145,10 @@ def check_checkpoint(folder: Path, spec: str, *, allow_pickle: bool = False) -> 
     if not weights:
         raise CheckpointError(f"{spec}: {folder} has no weights (*.safetensors)")
     for index in (n for n in names if n.endswith(".index.json")):
-        shards = set(json.loads((folder / index).read_text()).get("weight_map", {}).values())
+        try:
+            shards = set(json.loads((folder / index).read_text()).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{spec}: {folder / index} is not a readable shard index: {e}") from e
         missing = sorted(shards - names)
         if missing:
             raise CheckpointError(f"{spec}: {folder} lacks shards listed in {index}: {', '.join(missing)}")

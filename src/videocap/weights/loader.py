@@ -76,20 +76,32 @@ def weight_files(model_dir: Path, allow_pickle: bool = False) -> list[Path]:
 def read_index(path: Path) -> dict[str, TensorEntry]:
     """Parse one safetensors file's header: name → where its bytes are."""
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
+            head = f.read(8)
+            if head.startswith(b"version "):
+                raise CheckpointError(f"{path}: a Git LFS pointer, not the weights (clone with git-lfs, or download)")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(size - 8, 100 << 20):
+                raise CheckpointError(f"{path}: not a safetensors file (its header length {length} is impossible)")
             header = json.loads(f.read(length))
     except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from e
     base = 8 + length
     entries = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        if meta["dtype"] not in DTYPES:
-            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
-        start, end = meta["data_offsets"]
-        entries[name] = TensorEntry(path, DTYPES[meta["dtype"]], tuple(meta["shape"]), base + start, base + end)
+    try:
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            if meta["dtype"] not in DTYPES:
+                raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
+            start, end = meta["data_offsets"]
+            shape = tuple(int(n) for n in meta["shape"])
+            if not 0 <= start <= end <= size - base:
+                raise CheckpointError(f"{path}: tensor {name} lies outside the file (truncated download?)")
+            entries[name] = TensorEntry(path, DTYPES[meta["dtype"]], shape, base + start, base + end)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: malformed safetensors header: {type(e).__name__}: {e}") from e
     return entries
 
 
@@ -131,7 +143,10 @@ def build_on_meta(factory: Callable[[], nn.Module], device: torch.device | str, 
     """Construct with no memory (meta), cast, then allocate uninitialised storage on `device`."""
     with torch.device("meta"):
         model = factory()
-    return model.to(dtype=dtype).to_empty(device=device)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    if hasattr(model, "tie_weights"):  # to_empty gives tied parameters separate storage: tie them again
+        model.tie_weights()
+    return model
 
 
 def load_weights(

@@ -72,10 +72,15 @@ def load_config(model_dir: Path) -> LlavaNextConfig:
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: cannot read the model config: {e}") from e
     generation = Path(model_dir) / "generation_config.json"
-    gen = json.loads(generation.read_text()) if generation.is_file() else {}
+    try:
+        gen = json.loads(generation.read_text()) if generation.is_file() else {}
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{generation}: cannot read the generation config: {e}") from e
+    if not isinstance(raw, dict) or not isinstance(gen, dict):
+        raise CheckpointError(f"{path}: config.json and generation_config.json must be JSON objects")
     try:
         return parse_config(raw, gen, Path(model_dir))
-    except (KeyError, TypeError, ValueError) as e:
+    except (AttributeError, KeyError, TypeError, ValueError, SyntaxError, ZeroDivisionError) as e:
         raise CheckpointError(f"{path}: not a LLaVA-NeXT config: {type(e).__name__}: {e}") from e
 
 

@@ -29,7 +29,12 @@ class LlavaNext(nn.Module):
         self.image_newline = nn.Parameter(torch.zeros(d_model))
         self.llm = LlamaDecoder(cfg.text)
         self.lm_head = nn.Linear(d_model, cfg.text.vocab_size, bias=False)
-        if cfg.text.tie_word_embeddings:
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the output head with the input embeddings when the checkpoint says so (again after any
+        re-materialisation, such as `to_empty`, which gives every parameter its own storage)."""
+        if self.cfg.text.tie_word_embeddings:
             self.lm_head.weight = self.llm.embed_tokens.weight
 
     def kv_spec(self) -> tuple[int, int, int]:

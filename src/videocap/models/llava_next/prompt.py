@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders
 
-from videocap.errors import CheckpointError
+from videocap.errors import CheckpointError, PromptError
 
 # llava/conversation.py, conv_llava_llama_3.system (after its header tokens).
 SYSTEM_PROMPT = (
@@ -73,14 +73,14 @@ def build_prompt(turns: Sequence[Turn], *, preamble: bool = True) -> str:
     role header alone, without `<|eot_id|>`.
     """
     if not turns:
-        raise ValueError("a conversation needs at least one turn")
+        raise PromptError("a conversation needs at least one turn")
     if turns[-1].assistant is not None:
-        raise ValueError("the last turn must be the question being asked (assistant=None)")
+        raise PromptError("the last turn must be the question being asked (assistant=None)")
     for i, turn in enumerate(turns):
         if IMAGE_TOKEN in turn.user or IMAGE_TOKEN in (turn.assistant or ""):
-            raise ValueError(f"turn {i + 1} contains {IMAGE_TOKEN!r}, which marks where the video grid goes")
+            raise PromptError(f"turn {i + 1} contains {IMAGE_TOKEN!r}, which marks where the video grid goes")
         if i < len(turns) - 1 and turn.assistant is None:
-            raise ValueError(f"turn {i + 1} has no answer: only the last turn may be unanswered")
+            raise PromptError(f"turn {i + 1} has no answer: only the last turn may be unanswered")
 
     messages: list[tuple[str, str]] = []
     for i, turn in enumerate(turns):

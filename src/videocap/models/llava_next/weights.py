@@ -104,17 +104,18 @@ def load(
     )
     if separate_tower:
         load_weights(
-            model, vision_tower_dir(cfg.vision_tower, model_dir), lambda keys: CLIP_VISION,
+            model, vision_tower_dir(cfg.vision_tower, model_dir, allow_pickle, progress is not None),
+            lambda keys: CLIP_VISION,
             ignore=lambda key: key.startswith(CLIP_NOT_VISION) or key.endswith(IGNORED_SUFFIXES),
             expect=lambda name: name.startswith("vision."), allow_pickle=allow_pickle, progress=progress,
         )
     return model.eval()
 
 
-def vision_tower_dir(name: str, model_dir: Path) -> Path:
+def vision_tower_dir(name: str, model_dir: Path, allow_pickle: bool, show_progress: bool) -> Path:
     for local in (Path(name).expanduser(), model_dir / name):
         if local.is_dir():
             return local
     from videocap.weights import hub
 
-    return hub.resolve(name)
+    return hub.resolve(name, allow_pickle=allow_pickle, progress=show_progress)
