@@ -8,6 +8,7 @@ and does not download (weights/hub.py does).
 Memory: tensors are read with plain file reads into one reusable host buffer and copied straight into the
 parameter on the target device, so host memory holds one tensor at a time (not a shard, not the model) when the
 target is a GPU. Files are not memory-mapped: mapped pages of a multi-GB shard would count against the process.
+Pickled checkpoints (opt-in, `allow_pickle`) are the exception: torch.load reads each whole file into memory.
 """
 
 from __future__ import annotations
