@@ -138,24 +138,13 @@ def to_bf16_keeping_rope(model) -> None:
     assert kept, "no rotary buffers found: transformers changed; check how its bf16 model keeps inv_freq"
 
 
-LLAVA_ORIGINAL = (  # transformers 5 module names → the names Lin-Chen/sharegpt4video-8b ships
-    ("model.vision_tower.", "model.vision_tower.vision_tower.vision_model."),
-    ("model.multi_modal_projector.linear_1.", "model.mm_projector.0."),
-    ("model.multi_modal_projector.linear_2.", "model.mm_projector.2."),
-    ("model.image_newline", "model.image_newline"),
-    ("model.language_model.", "model."),
-    ("lm_head.", "lm_head."),
-)
-
-
 def save_llava_original(model, cfg, out: Path, shards: int = 4) -> None:
     from safetensors.torch import save_file
 
-    def rename(key):
-        for a, b in LLAVA_ORIGINAL:
-            if key.startswith(a):
-                return b + key[len(a):]
-        raise KeyError(key)
+    from videocap.models.llava_next.weights import LLAVA_HF_V5, LLAVA_ORIGINAL
+
+    def rename(key):  # transformers 5 module names → the names Lin-Chen/sharegpt4video-8b ships
+        return LLAVA_ORIGINAL.unrename(LLAVA_HF_V5.rename(key))
 
     out.mkdir(parents=True, exist_ok=True)
     state = [(rename(k), v) for k, v in model.state_dict().items()]

@@ -14,6 +14,8 @@ from safetensors.torch import save_file
 
 from tokenizers_util import TINY_VOCAB, make_tiny_tokenizer
 
+from videocap.models.llava_next.weights import LLAVA_HF_V4, LLAVA_HF_V5, LLAVA_ORIGINAL
+
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 VOCAB = TINY_VOCAB + 16  # room for the llava-hf image token id
 IMAGE_TOKEN = VOCAB - 1
@@ -62,9 +64,9 @@ def save_layout(model, out: Path, layout: str) -> Path:
     if layout == "hf5":  # transformers 5 module names, CLIP's vision_model. kept
         state = {k.replace("model.vision_tower.", "model.vision_tower.vision_model."): v for k, v in state.items()}
     elif layout == "hf4":
-        state = {rename(k, HF4): v for k, v in state.items()}
+        state = {LLAVA_HF_V4.unrename(LLAVA_HF_V5.rename(k)): v for k, v in state.items()}
     elif layout == "llava":
-        state = {rename(k, LLAVA): v for k, v in state.items()}
+        state = {LLAVA_ORIGINAL.unrename(LLAVA_HF_V5.rename(k)): v for k, v in state.items()}
         config = llava_original_config(model, out)
     else:
         raise ValueError(layout)
@@ -77,30 +79,6 @@ def save_layout(model, out: Path, layout: str) -> Path:
     (out / "model.safetensors.index.json").write_text(json.dumps(index))
     (out / "config.json").write_text(json.dumps(config))
     return out
-
-
-HF4 = (
-    ("model.vision_tower.", "vision_tower.vision_model."),
-    ("model.multi_modal_projector.", "multi_modal_projector."),
-    ("model.image_newline", "image_newline"),
-    ("model.language_model.", "language_model.model."),
-    ("lm_head.", "language_model.lm_head."),
-)
-LLAVA = (
-    ("model.vision_tower.", "model.vision_tower.vision_tower.vision_model."),
-    ("model.multi_modal_projector.linear_1.", "model.mm_projector.0."),
-    ("model.multi_modal_projector.linear_2.", "model.mm_projector.2."),
-    ("model.image_newline", "model.image_newline"),
-    ("model.language_model.", "model."),
-    ("lm_head.", "lm_head."),
-)
-
-
-def rename(key: str, rules) -> str:
-    for a, b in rules:
-        if key.startswith(a):
-            return b + key[len(a):]
-    raise KeyError(key)
 
 
 def split(state: dict, n: int) -> list[dict]:

@@ -46,6 +46,13 @@ class KeyMap:
                 return target + key[len(source):]
         return None
 
+    def unrename(self, name: str) -> str | None:
+        """The checkpoint key this layout stores parameter `name` under (the first rule that can produce it)."""
+        for source, target in self.rules:
+            if name.startswith(target):
+                return source + name[len(target):]
+        return None
+
 
 @dataclass(frozen=True)
 class TensorEntry:
