@@ -145,3 +145,12 @@ def test_tiny_temperatures_sample_without_overflow_and_leave_the_global_rng_alon
     assert torch.equal(torch.rand(3), expected)
     greedy = captioner.ask(str(h264), frames=4, max_new_tokens=4)
     assert answer.text == greedy.text  # a vanishing temperature is greedy
+
+
+def test_the_stream_ends_with_the_whole_answer_even_when_it_ends_inside_a_character():
+    pieces = {1: "a b c \ufffd", 2: "a b c d\ufffd"}
+    emitted = []
+    stream = TextStream(lambda ids: pieces[len(ids)], emitted.append)
+    stream.update([0])
+    stream.finish([0, 0])
+    assert "".join(emitted) == "a b c d\ufffd"

@@ -56,11 +56,12 @@ class TextStream:
         self._send(text[: max(cut, 0)])
 
     def finish(self, ids: list[int]) -> None:
+        """Emit the rest of the final text (an answer cut inside a character keeps its replacement mark)."""
         if self.emit is not None:
-            self._send(self.decode(ids))
+            self._send(self.decode(ids), final=True)
 
-    def _send(self, text: str) -> None:
-        if len(text) > len(self.sent) and text.startswith(self.sent) and not text.endswith("\ufffd"):
+    def _send(self, text: str, final: bool = False) -> None:
+        if len(text) > len(self.sent) and text.startswith(self.sent) and (final or not text.endswith("\ufffd")):
             self.emit(text[len(self.sent):])
             self.sent = text
 
