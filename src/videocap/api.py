@@ -7,6 +7,7 @@ chosen device and dtype. The CLI and every later frontend are thin clients of th
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from videocap.models.llava_next import prompt
 from videocap.models.llava_next.config import load_config
 from videocap.models.llava_next.processor import ImageView, LlavaNextProcessor
 from videocap.models.llava_next.weights import load as load_llava_next
-from videocap.tasks.ask import Answer, Chat
+from videocap.tasks.ask import Answer, Chat, VideoGrid
 from videocap.weights import hub
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -56,18 +57,23 @@ class Captioner:
     def __init__(self, model, processor: LlavaNextProcessor, engine: Engine, name: str):
         self.model, self.processor, self.engine, self.name = model, processor, engine, name
 
-    def ask(self, video: str, question: str = prompt.DEFAULT_QUERY, *, frames: int = 16, start: float | None = None,
-            end: float | None = None, preamble: bool = True, **generation) -> Answer:
-        """Answer one question about `video`. `generation`: max_new_tokens, temperature, top_p, seed, on_text."""
+    def ask(self, video: str | os.PathLike | VideoGrid, question: str = prompt.DEFAULT_QUERY, *, frames: int = 16,
+            start: float | None = None, end: float | None = None, preamble: bool = True, **generation) -> Answer:
+        """Answer one question about `video` (a path, or a `VideoGrid` already sampled).
+
+        `generation`: max_new_tokens, temperature, top_p, top_k, seed, on_text (called with each new piece of text).
+        """
         return self.chat(video, frames=frames, start=start, end=end, preamble=preamble).ask(question, **generation)
 
-    def chat(self, video: str, *, frames: int = 16, start: float | None = None, end: float | None = None,
-             preamble: bool = True) -> Chat:
-        return Chat(self, video, frames=frames, start=start, end=end, preamble=preamble)
+    def chat(self, video: str | os.PathLike | VideoGrid, *, frames: int = 16, start: float | None = None,
+             end: float | None = None, preamble: bool = True) -> Chat:
+        if not isinstance(video, VideoGrid):
+            video = VideoGrid.of(video, frames, start=start, end=end)
+        return Chat(self, video, preamble=preamble)
 
 
 def load(
-    model: str,
+    model: str | os.PathLike,
     *,
     device: str | None = None,
     dtype: str | None = None,
@@ -84,12 +90,18 @@ def load(
         view = ImageView(image_view)
     except ValueError as e:
         raise DeviceError(f"unknown image view {image_view!r} (use anyres or base)") from e
+    model = os.fspath(model)
     model_dir = hub.resolve(model, allow_pickle=allow_pickle, progress=progress)
     family = model_family(model_dir)
     if family != "llava_next":
         raise CheckpointError(f"{model}: model family {family!r} is not supported yet")
     cfg = load_config(model_dir)
     tokenizer = prompt.load_tokenizer(model_dir)
+    if tokenizer.get_vocab_size(with_added_tokens=True) > cfg.text.vocab_size:
+        raise CheckpointError(
+            f"{model}: the tokenizer has {tokenizer.get_vocab_size(with_added_tokens=True)} tokens but the model's "
+            f"vocabulary only {cfg.text.vocab_size}: tokenizer.json does not belong to this checkpoint"
+        )
     total = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
     with tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", disable=not progress or total < 1 << 26) as bar:
         net = load_llava_next(model_dir, device=dev, dtype=dt, allow_pickle=allow_pickle, progress=bar.update)

@@ -72,6 +72,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-preamble", dest="preamble", action="store_false",
                    help="leave out the grid preamble the reference puts before the question")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (can run code)")
+    p.add_argument("--max-side", type=_positive_int, default=None, metavar="PX",
+                   help="downscale frames to at most PX while decoding (cheaper for 4K sources; the grid is at most "
+                   "1920 px anyway, but the reference builds it from full-size frames; default: full size)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="sample the decodable part of a truncated or damaged video instead of failing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -101,17 +106,21 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
                 top_k=args.top_k, seed=args.seed)
 
 
-def check_video(path: str) -> None:
-    """Fail on a bad video before spending a model load (16 GB of reading at 8B) on it."""
-    from videocap.video import probe
+def video_grid(args: argparse.Namespace):
+    """Sample and lay out the video first: a bad video fails before a model load (16 GB of reading at 8B)."""
+    from videocap.tasks.ask import VideoGrid
 
-    probe(path, count_frames=False)
+    grid = VideoGrid.of(args.video, args.frames, start=args.start, end=args.end, max_side=args.max_side,
+                        allow_partial=args.allow_partial)
+    for warning in grid.warnings:
+        print(f"videocap: warning: {args.video}: {warning}", file=sys.stderr)
+    return grid
 
 
 def run_ask(args: argparse.Namespace) -> int:
-    check_video(args.video)
+    grid = video_grid(args)
     captioner = load_from_args(args)
-    chat = captioner.chat(args.video, frames=args.frames, start=args.start, end=args.end, preamble=args.preamble)
+    chat = captioner.chat(grid, preamble=args.preamble)
     if args.json:
         answer = chat.ask(args.question, **generation_kwargs(args))
         print(json.dumps({"video": args.video, "model": args.model, **answer.to_dict()}))
@@ -126,9 +135,9 @@ def run_ask(args: argparse.Namespace) -> int:
 def run_chat(args: argparse.Namespace) -> int:
     from videocap.errors import PromptError, PromptTooLongError
 
-    check_video(args.video)
+    grid = video_grid(args)
     captioner = load_from_args(args)
-    chat = captioner.chat(args.video, frames=args.frames, start=args.start, end=args.end, preamble=args.preamble)
+    chat = captioner.chat(grid, preamble=args.preamble)
     times = ", ".join(f"{t:.1f}" for t in chat.timestamps)
     print(f"{args.video}: {len(chat.timestamps)} frames at {times} s. /reset forgets the conversation, /quit ends.")
     while True:
@@ -148,8 +157,12 @@ def run_chat(args: argparse.Namespace) -> int:
         print("model> ", end="", flush=True)
         try:
             chat.ask(question, on_text=_print_stream, **generation_kwargs(args))
+        except KeyboardInterrupt:  # Ctrl-C while answering stops the answer, not the session
+            print("\n(answer interrupted; that turn is not kept)")
+            continue
         except PromptTooLongError as e:
-            print(f"\nvideocap: {e}; /reset starts the conversation over", file=sys.stderr)
+            hint = "; /reset starts the conversation over" if chat.turns else "; ask something shorter"
+            print(f"\nvideocap: {e}{hint}", file=sys.stderr)
             continue
         except PromptError as e:
             print(f"\nvideocap: {e}", file=sys.stderr)

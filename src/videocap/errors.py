@@ -95,3 +95,7 @@ class PromptTooLongError(VideocapError, ValueError):
 
 class DeviceError(VideocapError, ValueError):
     """A device or dtype that cannot be used here."""
+
+
+class SamplingError(VideocapError, ValueError):
+    """Generation settings that cannot be used (a negative temperature, top_p outside (0, 1], ...)."""

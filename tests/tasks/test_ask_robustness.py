@@ -97,7 +97,7 @@ def test_tied_embeddings_load_and_stay_tied(ckpt, tmp_path):
 
 
 def test_a_prompt_past_the_context_is_a_one_line_error_and_chat_goes_on(ckpt, h264, tmp_path, capsys, monkeypatch):
-    small = variant(ckpt, tmp_path, lambda c: c["text_config"].update(max_position_embeddings=700))
+    small = variant(ckpt, tmp_path, lambda c: c["text_config"].update(max_position_embeddings=1000))
     argv = ["--model", str(small), "--frames", "1", "--image-view", "base", "--quiet"]
     assert main(["ask", str(h264), "why " * 300, *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -154,3 +154,63 @@ def test_the_stream_ends_with_the_whole_answer_even_when_it_ends_inside_a_charac
     stream.update([0])
     stream.finish([0, 0])
     assert "".join(emitted) == "a b c d\ufffd"
+
+
+def test_text_without_spaces_streams_before_the_end():
+    text = "这是一个没有空格的很长的回答" * 3
+    emitted = []
+    stream = TextStream(lambda ids: text[: len(ids)], emitted.append)
+    for n in range(1, len(text) + 1):
+        stream.update(list(range(n)))
+    assert len(emitted) > 10  # not one piece at the end
+    stream.finish(list(range(len(text))))
+    assert "".join(emitted) == text
+
+
+def test_vanishing_temperature_on_the_cli(ckpt, h264, capsys):
+    assert main(["ask", str(h264), "--model", str(ckpt), "--frames", "2", "--max-new-tokens", "3",
+                 "--temperature", "1e-50", "--quiet"]) == 0
+
+
+def test_a_bad_window_fails_before_the_model_loads(h264, capsys):
+    assert main(["ask", str(h264), "--model", "/nonexistent/model", "--start", "3", "--end", "1"]) == 2
+    err = capsys.readouterr().err
+    assert str(h264) in err and "/nonexistent/model" not in err
+
+
+def test_load_accepts_a_path_object(ckpt, h264):
+    from pathlib import Path
+
+    assert api.load(Path(ckpt), device="cpu", progress=False).ask(h264, frames=2, max_new_tokens=2).new_tokens >= 1
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda c: c.update(image_grid_pinpoints=[[0, 336]]), "pinpoint"),
+    (lambda c: c.update(vision_feature_layer=-9), "feature layer"),
+    (lambda c: c.update(vision_feature_select_strategy="full"), "full"),
+    (lambda c: c["text_config"].update(hidden_size="64"), "hidden_size"),
+    (lambda c: c["text_config"].update(vocab_size=300), "tokenizer"),
+])
+def test_configs_that_cannot_work_are_refused_when_loading(ckpt, tmp_path, edit, needle):
+    bad = variant(ckpt, tmp_path, edit)
+    with pytest.raises(CheckpointError, match=needle):
+        api.load(str(bad), device="cpu", progress=False)
+
+
+def test_a_tensor_whose_bytes_do_not_match_its_shape_is_refused(ckpt, tmp_path):
+    import struct
+
+    def shrink(out):
+        shard = sorted(out.glob("*.safetensors"))[0]
+        data = shard.read_bytes()
+        (n,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + n])
+        name = next(k for k in header if k != "__metadata__")
+        start, end = header[name]["data_offsets"]
+        header[name]["data_offsets"] = [start, end - 4]
+        raw = json.dumps(header, separators=(",", ":")).encode().ljust(n)
+        assert len(raw) == n
+        shard.write_bytes(data[:8] + raw + data[8 + n :])
+
+    with pytest.raises(CheckpointError, match="bytes for shape"):
+        load(variant(ckpt, tmp_path, edit_dir=shrink), dtype=torch.float32)

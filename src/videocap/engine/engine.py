@@ -6,7 +6,9 @@ frontend (tasks, CLI, Python API) goes through `Engine.generate`.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -31,8 +33,14 @@ class Engine:
         self.context = model.max_context()
         self.max_len = min(self.context, self.runner.cache_tokens)
         self.block_size = block_size
+        self.lock = threading.RLock()  # one step at a time, whichever caller (thread, nested callback) drives it
+        self.inboxes: dict[int, deque[Output]] = {}  # outputs for requests a `generate` call is waiting on
 
     def add(self, request: Request) -> Sequence:
+        with self.lock:
+            return self._add(request)
+
+    def _add(self, request: Request) -> Sequence:
         n = len(request.token_ids)
         if n >= self.context:  # the model's own limit first: it is the one a user can act on
             raise PromptTooLongError(f"the prompt has {n} tokens; the model's context holds {self.context}")
@@ -50,9 +58,14 @@ class Engine:
         return seq
 
     def step(self) -> list[Output]:
-        batch = self.scheduler.schedule()
-        logits = self.runner.run(batch)
-        return self.postprocess(batch, logits)
+        with self.lock:
+            batch = self.scheduler.schedule()
+            logits = self.runner.run(batch)
+            outputs = self.postprocess(batch, logits)
+        for out in outputs:
+            if out.request_id in self.inboxes:
+                self.inboxes[out.request_id].append(out)
+        return outputs
 
     def postprocess(self, batch: Batch, logits: torch.Tensor) -> list[Output]:
         tokens = sample(logits, [s.request.sampling for s in batch.seqs], [s.generator for s in batch.seqs]).tolist()
@@ -89,26 +102,40 @@ class Engine:
         return outputs
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Output]:
-        """Run `requests` to completion, yielding each step's outputs as they are produced (streaming).
+        """Run `requests` to completion, yielding their outputs step by step (streaming), and only theirs.
 
-        Outputs of other callers' requests sharing this engine may appear too (filter by request_id). If the
-        caller stops early (an exception in its loop, Ctrl-C, `break`), its unfinished requests are aborted and
-        their cache blocks freed: nothing of them leaks into later generations.
+        Several callers may share the engine (threads, or a callback that asks again): every step advances
+        all running requests, and each output reaches the `generate` waiting for it. If the caller stops early
+        (an exception in its loop, Ctrl-C, closing or dropping the generator), its unfinished requests are
+        aborted and their cache blocks freed: nothing of them leaks into later generations.
         """
-        seqs = [self.add(request) for request in requests]
+        seqs: list[Sequence] = []
+        ids: list[int] = []
         try:
-            while any(seq.finish_reason is None for seq in seqs):
-                yield from self.step()
+            for request in requests:  # one that cannot be added aborts those added before it
+                ids.append(request.request_id)
+                self.inboxes[request.request_id] = deque()
+                seqs.append(self.add(request))
+            inboxes = [self.inboxes[seq.request.request_id] for seq in seqs]
+            while True:
+                for inbox in inboxes:
+                    while inbox:
+                        yield inbox.popleft()
+                if all(seq.finish_reason is not None for seq in seqs):
+                    return
+                self.step()
         finally:
-            for seq in seqs:
-                if seq.finish_reason is None:
-                    self.scheduler.abort(seq)
+            with self.lock:
+                for seq in seqs:
+                    if seq.finish_reason is None:
+                        self.scheduler.abort(seq)
+            for request_id in ids:
+                self.inboxes.pop(request_id, None)
 
     def run(self, request: Request) -> Output:
         """One request to completion; returns its final output."""
         final = None
         for out in self.generate([request]):
-            if out.request_id == request.request_id:
-                final = out
+            final = out
         assert final is not None and final.finished
         return final

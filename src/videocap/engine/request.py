@@ -15,7 +15,12 @@ from enum import Enum
 
 import torch
 
+from videocap.errors import SamplingError
+
 _ids = itertools.count()
+
+
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -28,18 +33,19 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise SamplingError(f"max_new_tokens must be a whole number >= 1, got {self.max_new_tokens!r}")
         if not 0 <= self.temperature < math.inf:  # also NaN, which would reach multinomial as NaN probabilities
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+            raise SamplingError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+            raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise SamplingError(f"top_k must be a whole number >= 0, got {self.top_k!r}")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # Below this, logits / temperature overflows float32 and sampling is argmax anyway.
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,17 @@ its grid with white bands. Generation goes through the engine; text streams to a
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+from PIL import Image
 
 from videocap.engine.request import Output, SamplingParams
+from videocap.errors import PromptError
 from videocap.models.llava_next.prompt import DEFAULT_QUERY, Turn
 from videocap.video import SeekMode, Uniform16, layout, sample
 
@@ -53,7 +56,7 @@ class TextStream:
             return
         text = self.decode(ids)
         cut = text.rfind(" ", 0, max(text.rfind(" "), 0))  # the second-to-last space
-        self._send(text[: max(cut, 0)])
+        self._send(text[: max(cut, len(text) - 8, 0)])  # and never more than 8 characters: text without spaces streams
 
     def finish(self, ids: list[int]) -> None:
         """Emit the rest of the final text (an answer cut inside a character keeps its replacement mark)."""
@@ -66,28 +69,43 @@ class TextStream:
             self.sent = text
 
 
-class Chat:
-    """A conversation about one video. `ask()` appends a turn; `reset()` forgets the turns, not the video."""
+@dataclass(frozen=True)
+class VideoGrid:
+    """A video as ShareGPT4Video-8B sees it: `frames` frames (uniform16) tiled into one grid image."""
 
-    def __init__(
-        self,
-        captioner: Captioner,
-        video: str,
-        *,
+    image: Image.Image
+    timestamps: tuple[float, ...]  # seconds, the frames the grid shows
+    seconds: float  # decoding and laying out took this long
+    warnings: tuple[str, ...] = ()  # e.g. sampled from the decodable part of a damaged file
+
+    @staticmethod
+    def of(
+        video: str | os.PathLike,
         frames: int = 16,
+        *,
         start: float | None = None,
         end: float | None = None,
         seek: SeekMode = SeekMode.EXACT,
-        preamble: bool = True,
-    ):
+        max_side: int | None = None,
+        allow_partial: bool = False,
+    ) -> VideoGrid:
+        t0 = time.perf_counter()
+        sampled = sample(video, Uniform16(frames), start=start, end=end, mode=seek, max_side=max_side,
+                         allow_partial=allow_partial)
+        grid = layout.grid(sampled.images)
+        return VideoGrid(grid, sampled.timestamps, time.perf_counter() - t0, sampled.warnings)
+
+
+class Chat:
+    """A conversation about one video. `ask()` appends a turn; `reset()` forgets the turns, not the video."""
+
+    def __init__(self, captioner: Captioner, video: VideoGrid, *, preamble: bool = True):
         self.captioner = captioner
         self.preamble = preamble
-        t0 = time.perf_counter()
-        sampled = sample(video, Uniform16(frames), start=start, end=end, mode=seek)
-        self.grid = layout.grid(sampled.images)
-        self.timestamps = sampled.timestamps
+        self.grid = video.image
+        self.timestamps = video.timestamps
         self.image = captioner.processor.prepare_image(self.grid)
-        self.decode_seconds = time.perf_counter() - t0
+        self.decode_seconds = video.seconds
         self.image_embeds: torch.Tensor | None = None
         self.turns: list[Turn] = []
 
@@ -102,6 +120,8 @@ class Chat:
         seed: int | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> Answer:
+        if not isinstance(question, str):
+            raise PromptError(f"a question must be text, got {type(question).__name__}")
         t0 = time.perf_counter()
         sampling = SamplingParams(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed

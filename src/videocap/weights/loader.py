@@ -14,6 +14,7 @@ Pickled checkpoints (opt-in, `allow_pickle`) are the exception: torch.load reads
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from collections.abc import Callable, Iterator
@@ -107,6 +108,9 @@ def read_index(path: Path) -> dict[str, TensorEntry]:
             shape = tuple(int(n) for n in meta["shape"])
             if not 0 <= start <= end <= size - base:
                 raise CheckpointError(f"{path}: tensor {name} lies outside the file (truncated download?)")
+            dtype = DTYPES[meta["dtype"]]
+            if end - start != math.prod(shape) * dtype.itemsize:
+                raise CheckpointError(f"{path}: tensor {name} has {end - start} bytes for shape {list(shape)}")
             entries[name] = TensorEntry(path, DTYPES[meta["dtype"]], shape, base + start, base + end)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: malformed safetensors header: {type(e).__name__}: {e}") from e

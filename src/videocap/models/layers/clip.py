@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from videocap.models.layers.config_checks import positive_ints
 from videocap.models.layers.mlp import TwoLayerMLP
 
 
@@ -29,6 +30,7 @@ class ClipVisionConfig:
     hidden_act: str = "quick_gelu"
 
     def __post_init__(self):
+        positive_ints(self)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.hidden_size % self.num_heads:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from videocap.models.layers.attention import AttnMetadata, SelfAttention
+from videocap.models.layers.config_checks import positive_ints
 from videocap.models.layers.mlp import SwiGLU
 from videocap.models.layers.norm import RMSNorm
 from videocap.models.layers.rope import RopeScaling, Rotary
@@ -33,6 +34,7 @@ class DecoderConfig:
     attention_bias: bool = False
 
     def __post_init__(self):
+        positive_ints(self)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.head_dim % 2:

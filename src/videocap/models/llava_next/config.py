@@ -56,8 +56,13 @@ class LlavaNextConfig:
             raise ValueError("image_grid_pinpoints is empty")
         tile = self.vision.image_size
         for w, h in self.grid_pinpoints:
-            if w % tile or h % tile:
-                raise ValueError(f"grid pinpoint {(w, h)} is not a multiple of the {tile} px tile")
+            if w <= 0 or h <= 0 or w % tile or h % tile:
+                raise ValueError(f"grid pinpoint {(w, h)} is not a positive multiple of the {tile} px tile")
+        layers = self.vision.num_layers
+        if not -layers - 1 <= self.vision_feature_layer <= layers:
+            raise ValueError(f"vision feature layer {self.vision_feature_layer} is outside a {layers}-layer tower")
+        if not self.drop_cls:
+            raise ValueError("only patch features (CLS dropped) fit the spatial_unpad merge")
 
     @property
     def tokens_per_tile(self) -> int:
@@ -90,8 +95,9 @@ def parse_config(raw: dict[str, Any], gen: dict[str, Any] | None = None, model_d
     if model_type == "llava_next":
         text = raw["text_config"]
         vision = vision_config(raw["vision_config"])
-        if raw.get("vision_feature_select_strategy", "default") not in ("default", "full"):
-            raise ValueError(f"vision_feature_select_strategy {raw['vision_feature_select_strategy']!r}")
+        if raw.get("vision_feature_select_strategy", "default") != "default":
+            raise ValueError(f"vision_feature_select_strategy {raw['vision_feature_select_strategy']!r} "
+                             "(only 'default', patch features without CLS, is supported)")
         if not isinstance(raw.get("vision_feature_layer", -2), int):
             raise ValueError("several vision_feature_layer values are not supported")
         if raw.get("projector_hidden_act", "gelu") != "gelu" or raw.get("multimodal_projector_bias", True) is False:
@@ -112,6 +118,8 @@ def parse_config(raw: dict[str, Any], gen: dict[str, Any] | None = None, model_d
                 f"image_aspect_ratio {raw.get('image_aspect_ratio')!r} with mm_patch_merge_type "
                 f"{raw.get('mm_patch_merge_type')!r} (only anyres with spatial_unpad is supported)"
             )
+        if raw.get("mm_vision_select_feature", "patch") != "patch":
+            raise ValueError(f"mm_vision_select_feature {raw['mm_vision_select_feature']!r} (only 'patch' is supported)")
         if raw.get("mm_hidden_size", vision.hidden_size) != vision.hidden_size:
             raise ValueError(f"mm_hidden_size {raw['mm_hidden_size']} does not match the vision tower's {vision.hidden_size}")
         extra = dict(
