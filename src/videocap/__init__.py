@@ -10,7 +10,13 @@ from videocap.video import Every, Fps, Frames, SeekMode, Uniform, Uniform16, Vid
 
 __version__ = "0.1.0"
 
-_LAZY = {"load": "videocap.api", "Captioner": "videocap.api", "Chat": "videocap.tasks.ask", "Answer": "videocap.tasks.ask"}
+_LAZY = {
+    "load": "videocap.api",
+    "Captioner": "videocap.api",
+    "Chat": "videocap.tasks.ask",
+    "Answer": "videocap.tasks.ask",
+    "VideoGrid": "videocap.tasks.ask",
+}
 
 
 def __getattr__(name: str):
@@ -25,6 +31,7 @@ __all__ = [
     "Answer",
     "Captioner",
     "Chat",
+    "VideoGrid",
     "load",
     "Every",
     "Fps",
