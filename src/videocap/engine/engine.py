@@ -15,10 +15,10 @@ import torch
 
 from videocap.engine.kv_cache import blocks_needed
 from videocap.engine.request import FinishReason, Output, Request
-from videocap.errors import PromptTooLongError
 from videocap.engine.runner import ModelRunner
 from videocap.engine.sampler import sample
 from videocap.engine.scheduler import Batch, Scheduler, Sequence
+from videocap.errors import PromptTooLongError
 
 
 class Engine:

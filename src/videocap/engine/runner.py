@@ -49,8 +49,9 @@ class ModelRunner:
             positions += range(start, start + len(new))
             slots += [seq.blocks[p // self.block_size] * self.block_size + p % self.block_size for p in range(start, start + len(new))]
             q_lens.append(len(new))
-            mask = seq.request.image_mask or [False] * seq.prompt_len
-            image_mask += (mask + [False] * (len(seq.tokens) - len(mask)))[start:]
+            if batch.prefill:  # image positions lie in the prompt; a decode step has none
+                mask = seq.request.image_mask or [False] * seq.prompt_len
+                image_mask += mask[start:] + [False] * (len(seq.tokens) - max(start, len(mask)))
         width = max(len(s.blocks) for s in batch.seqs)
         tables = [s.blocks + [0] * (width - len(s.blocks)) for s in batch.seqs]
         meta = AttnMetadata(

@@ -133,10 +133,9 @@ class Chat:
         )
         stream = TextStream(processor.decode, on_text)
         final: Output | None = None
-        for out in self.captioner.engine.generate([request]):
-            if out.request_id == request.request_id:  # the engine may be serving other callers too
-                stream.update(out.token_ids)
-                final = out
+        for out in self.captioner.engine.generate([request]):  # only this request's outputs
+            stream.update(out.token_ids)
+            final = out
         assert final is not None and final.finished
         stream.finish(final.token_ids)
         if final.image_embeds is not None:

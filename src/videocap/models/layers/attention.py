@@ -67,6 +67,11 @@ class GatherPlan:
         device = meta.slot_mapping.device
         max_q = max(meta.query_lens)
         max_ctx = meta.max_context_len if meta.max_context_len is not None else int(meta.context_lens.max())
+        pos = torch.arange(max_ctx, device=device)
+        blocks = meta.block_tables[:, pos // meta.block_size]  # (B, max_ctx)
+        slots = blocks * meta.block_size + pos % meta.block_size
+        if len(meta.query_lens) == 1 and (max_q == 1 or max_q == max_ctx):
+            return GatherPlan(None, None, slots, None, causal=max_q > 1)
         q_lens = torch.tensor(meta.query_lens, device=device)
         col = torch.arange(max_q, device=device)
         q_index = out_index = None
@@ -75,11 +80,6 @@ class GatherPlan:
             q_index = (starts[:, None] + col[None, :]).clamp(max=meta.num_tokens - 1)
             rows = [b * max_q + j for b, n in enumerate(meta.query_lens) for j in range(n)]  # host: no device sync
             out_index = torch.tensor(rows, device=device)
-        pos = torch.arange(max_ctx, device=device)
-        blocks = meta.block_tables[:, pos // meta.block_size]  # (B, max_ctx)
-        slots = blocks * meta.block_size + pos % meta.block_size
-        if len(meta.query_lens) == 1 and (max_q == 1 or max_q == max_ctx):
-            return GatherPlan(q_index, out_index, slots, None, causal=max_q > 1)
         # Query j of sequence b sits at position context_len - query_len + j and sees keys up to that position.
         q_pos = (meta.context_lens - q_lens)[:, None] + col[None, :]  # (B, max_q)
         mask = (pos[None, None, :] <= q_pos[:, :, None]) & (pos[None, None, :] < meta.context_lens[:, None, None])
