@@ -6,8 +6,13 @@ key/value goes (`slot_mapping`, a flat slot = block * block_size + offset) and w
 context (`block_tables`). Layers write the new keys/values into their slots, then attend over the whole context.
 This file never allocates a cache and knows nothing of scheduling.
 
-The attention itself is a reference implementation (gather the context, masked SDPA); the engine issue swaps in
-faster kernels behind the same metadata.
+Three paths, chosen by the metadata the runner builds:
+- decode on CUDA (`paged_splits` > 0): the Triton kernel of paged_attention.py reads the cache through the block
+  tables on the device (no gather, no host sync; CUDA-graph safe);
+- a prefill whose sequences all start fresh (`context_lens_host` equals `query_lens`): causal SDPA per sequence
+  on the new keys/values themselves (flash attention where the backend has it), no cache read;
+- anything else (CPU decode, prompts after a reused prefix): gather each sequence's context from the cache and
+  run masked SDPA — the reference the other two are tested against.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from videocap.models.layers import paged_attention
 from videocap.models.layers.mlp import FusedLinear
 from videocap.models.layers.rope import Rotary
 
@@ -33,6 +39,13 @@ class AttnMetadata:
     block_tables: torch.Tensor  # (B, max_blocks) int64: cache blocks of each sequence, in order
     block_size: int
     max_context_len: int | None = None  # max(context_lens) known on the host: saves a device sync per layer
+    context_lens_host: tuple[int, ...] | None = None  # the same on the host, when the runner knows them
+    paged_splits: int = 0  # > 0: decode with the Triton paged kernel, the context split across this many programs
+
+    @property
+    def fresh_prefill(self) -> bool:
+        """Every sequence's context is exactly its new tokens: attention needs nothing from the cache."""
+        return self.context_lens_host is not None and self.context_lens_host == self.query_lens
 
     @property
     def num_tokens(self) -> int:
@@ -93,6 +106,32 @@ def write_kv(cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch
     flat[1, slots] = v.to(cache.dtype)
 
 
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: torch.Tensor, meta: AttnMetadata, scale: float
+) -> torch.Tensor:
+    """Packed new queries/keys/values (T, heads, D) after their keys/values were written → (T, H, D)."""
+    if meta.paged_splits:
+        return paged_attention.paged_decode(q, cache, meta.block_tables, meta.context_lens, scale, meta.paged_splits)
+    if meta.fresh_prefill:
+        return fresh_prefill_attention(q, k, v, meta.query_lens, scale)
+    return cached_attention(q, cache, meta, scale)
+
+
+def fresh_prefill_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_lens: tuple[int, ...], scale: float
+) -> torch.Tensor:
+    """Causal attention within each packed sequence, one SDPA call per sequence (no padding, no mask tensor)."""
+    gqa = k.shape[1] != q.shape[1]
+    outs = []
+    start = 0
+    for n in query_lens:
+        qs, ks, vs = (x[start : start + n].transpose(0, 1)[None] for x in (q, k, v))  # (1, heads, n, D)
+        out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=n > 1, scale=scale, enable_gqa=gqa)
+        outs.append(out[0].transpose(0, 1))  # (n, H, D)
+        start += n
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
 def cached_attention(q: torch.Tensor, cache: torch.Tensor, meta: AttnMetadata, scale: float) -> torch.Tensor:
     """Causal attention of packed queries (T, H, D) over each sequence's cached context; returns (T, H, D)."""
     plan = meta.plan
@@ -130,5 +169,5 @@ class SelfAttention(nn.Module):
         q, k = qk[:, :H], qk[:, H:]
         v = qkv[:, (H + KV) * D :].view(T, KV, D)
         write_kv(cache, k, v, meta.slot_mapping)
-        out = cached_attention(q, cache, meta, self.head_dim**-0.5)
+        out = attention(q, k, v, cache, meta, self.head_dim**-0.5)
         return self.o_proj(out.reshape(T, self.heads * self.head_dim))
