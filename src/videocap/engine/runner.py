@@ -1,36 +1,55 @@
 """Tensors only: turns a scheduled batch into the model's inputs (packed ids, positions, attention metadata,
 image embeddings), owns the KV cache, and returns the logits of each sequence's last position.
 
-The vision encoder runs once per request, for all tiles of all newly admitted requests together.
+The vision encoder runs once per request, for all tiles of all newly admitted requests together. Prefill runs
+eagerly; decode on CUDA uses the Triton paged kernel and, unless `eager`, replays a CUDA graph of the step
+(cuda_graphs.py). Host-side inputs are built with numpy: at a few hundred sequences, Python lists of block
+tables cost milliseconds a step.
 """
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
+from videocap.engine.cuda_graphs import DecodeGraphs
 from videocap.engine.kv_cache import BlockAllocator, allocate_kv_cache, num_blocks_for
 from videocap.engine.scheduler import Batch, Sequence
+from videocap.models.layers import paged_attention
 from videocap.models.layers.attention import AttnMetadata
 
 
 class ModelRunner:
     def __init__(
-        self, model, *, block_size: int = 16, gpu_memory_fraction: float = 0.9, max_cache_tokens: int | None = None
+        self, model, *, block_size: int = 16, gpu_memory_fraction: float = 0.9, max_cache_tokens: int | None = None,
+        eager: bool = False, max_num_seqs: int = 256, paged_kernel: bool | None = None,
     ):
         self.model = model
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.block_size = block_size
-        layers, kv_heads, head_dim = model.kv_spec()
-        bytes_per_block = 2 * layers * block_size * kv_heads * head_dim * param.element_size()
+        layers, self.kv_heads, head_dim = model.kv_spec()
+        bytes_per_block = 2 * layers * block_size * self.kv_heads * head_dim * param.element_size()
         num_blocks = num_blocks_for(
             self.device, bytes_per_block, gpu_memory_fraction=gpu_memory_fraction, max_tokens=max_cache_tokens,
             block_size=block_size,
         )
-        self.kv_caches = allocate_kv_cache(layers, num_blocks, block_size, kv_heads, head_dim, self.device, self.dtype)
+        # One block more than the allocator hands out: the scratch block that padding rows of a graph write to.
+        self.kv_caches = allocate_kv_cache(layers, num_blocks + 1, block_size, self.kv_heads, head_dim, self.device,
+                                           self.dtype)
         self.allocator = BlockAllocator(num_blocks)
+        if paged_kernel is None:
+            paged_kernel = self.device.type == "cuda" and paged_attention.available()
+        self.paged_kernel = paged_kernel
+        self.max_len = min(model.max_context(), self.cache_tokens)
+        self.graphs = None
+        if self.paged_kernel and not eager:
+            self.graphs = DecodeGraphs(
+                model, self.kv_caches, block_size=block_size, max_batch=max_num_seqs,
+                max_blocks=-(-self.max_len // block_size) + 1, scratch_block=num_blocks, kv_heads=self.kv_heads,
+            )
 
     @property
     def cache_tokens(self) -> int:
@@ -39,41 +58,68 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: Batch) -> torch.Tensor:
         """One step: (B, vocab) float32 logits at each sequence's last new token."""
-        if batch.prefill:
-            self.encode_images([s for s in batch.seqs if s.image_embeds is None and s.request.images is not None])
-        ids, positions, slots, q_lens, image_mask = [], [], [], [], []
+        logits = self.prefill(batch.seqs) if batch.prefill else self.decode(batch.seqs)
         for seq in batch.seqs:
-            start = seq.num_cached if batch.prefill else len(seq.tokens) - 1
-            new = seq.tokens[start:]
-            ids += new
-            positions += range(start, start + len(new))
-            slots += [seq.blocks[p // self.block_size] * self.block_size + p % self.block_size for p in range(start, start + len(new))]
-            q_lens.append(len(new))
-            if batch.prefill:  # image positions lie in the prompt; a decode step has none
-                mask = seq.request.image_mask or [False] * seq.prompt_len
-                image_mask += mask[start:] + [False] * (len(seq.tokens) - max(start, len(mask)))
-        width = max(len(s.blocks) for s in batch.seqs)
-        tables = [s.blocks + [0] * (width - len(s.blocks)) for s in batch.seqs]
+            seq.num_cached = len(seq.tokens)
+        return logits.float()
+
+    def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
+        self.encode_images([s for s in seqs if s.image_embeds is None and s.request.images is not None])
+        ids, positions, slots, q_lens, image_mask = [], [], [], [], []
+        for seq in seqs:
+            start = seq.num_cached
+            n = len(seq.tokens) - start
+            ids += seq.tokens[start:]
+            pos = np.arange(start, start + n)
+            positions.append(pos)
+            slots.append(self.slot_of(seq, pos))
+            q_lens.append(n)
+            mask = seq.request.image_mask or [False] * seq.prompt_len  # image positions lie in the prompt
+            image_mask += mask[start:] + [False] * (len(seq.tokens) - max(start, len(mask)))
+        context = [len(s.tokens) for s in seqs]
         meta = AttnMetadata(
-            query_lens=tuple(q_lens),
-            context_lens=torch.tensor([len(s.tokens) for s in batch.seqs], device=self.device),
-            slot_mapping=torch.tensor(slots, device=self.device),
-            block_tables=torch.tensor(tables, device=self.device),
-            block_size=self.block_size,
-            max_context_len=max(len(s.tokens) for s in batch.seqs),
+            query_lens=tuple(q_lens), context_lens=self.tensor(context), slot_mapping=self.tensor(np.concatenate(slots)),
+            block_tables=self.tensor(self.block_tables(seqs)), block_size=self.block_size,
+            max_context_len=max(context), context_lens_host=tuple(context),
         )
         embeds = mask_t = None
         if any(image_mask):
-            embeds = torch.cat([s.image_embeds for s in batch.seqs if s.image_embeds is not None and s.num_cached == 0])
+            embeds = torch.cat([s.image_embeds for s in seqs if s.image_embeds is not None and s.num_cached == 0])
             mask_t = torch.tensor(image_mask, device=self.device)
-        hidden = self.model(
-            torch.tensor(ids, device=self.device), torch.tensor(positions, device=self.device), meta, self.kv_caches,
-            embeds, mask_t,
+        hidden = self.model(self.tensor(ids), self.tensor(np.concatenate(positions)), meta, self.kv_caches, embeds, mask_t)
+        last = torch.tensor(np.cumsum(q_lens) - 1, device=self.device)
+        return self.model.compute_logits(hidden[last])
+
+    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
+        lens = np.fromiter((len(s.tokens) for s in seqs), dtype=np.int64, count=len(seqs))
+        ids = np.fromiter((s.tokens[-1] for s in seqs), dtype=np.int64, count=len(seqs))
+        positions = lens - 1
+        tables = self.block_tables(seqs)
+        slots = tables[np.arange(len(seqs)), positions // self.block_size] * self.block_size + positions % self.block_size
+        if self.graphs is not None and len(seqs) <= self.graphs.max_batch:
+            return self.graphs.run(ids, positions, slots, lens.astype(np.int32), tables.astype(np.int32))
+        meta = AttnMetadata(
+            query_lens=(1,) * len(seqs), context_lens=self.tensor(lens), slot_mapping=self.tensor(slots),
+            block_tables=self.tensor(tables), block_size=self.block_size, max_context_len=int(lens.max()),
+            context_lens_host=tuple(lens.tolist()),
+            paged_splits=paged_attention.num_splits(len(seqs), self.kv_heads, self.device) if self.paged_kernel else 0,
         )
-        last = torch.tensor(q_lens, device=self.device).cumsum(0) - 1
-        for seq in batch.seqs:
-            seq.num_cached = len(seq.tokens)
-        return self.model.compute_logits(hidden[last]).float()
+        hidden = self.model(self.tensor(ids), self.tensor(positions), meta, self.kv_caches)
+        return self.model.compute_logits(hidden)
+
+    def block_tables(self, seqs: list[Sequence]) -> np.ndarray:
+        width = max(len(s.blocks) for s in seqs)
+        tables = np.zeros((len(seqs), width), dtype=np.int64)
+        for row, seq in zip(tables, seqs):
+            row[: len(seq.blocks)] = seq.blocks
+        return tables
+
+    def slot_of(self, seq: Sequence, positions: np.ndarray) -> np.ndarray:
+        blocks = np.asarray(seq.blocks, dtype=np.int64)
+        return blocks[positions // self.block_size] * self.block_size + positions % self.block_size
+
+    def tensor(self, values) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values, dtype=np.int64)).to(self.device, non_blocking=True)
 
     def encode_images(self, seqs: list[Sequence]) -> None:
         if not seqs:
