@@ -14,7 +14,7 @@ from llava_tiny import IMAGE_TOKEN, make_hf_model, save_layout
 
 from videocap.engine.engine import Engine
 from videocap.engine.request import FinishReason, ImageInput, Output, Request, SamplingParams
-from videocap.engine.sampler import filtered_probs, sample
+from videocap.engine.sampler import apply_repetition_penalty, filtered_probs, sample
 from videocap.models.layers.attention import AttnMetadata
 from videocap.models.llava_next import anyres
 from videocap.models.llava_next.weights import load
@@ -240,11 +240,10 @@ def test_seeded_sampling_through_the_engine_is_reproducible(model):
 def test_greedy_is_argmax_even_beside_sampled_rows():
     logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(0))
     greedy = SamplingParams()
-    assert sample(logits, [greedy] * 5, [None] * 5).tolist() == logits.argmax(-1).tolist()
+    assert sample(logits, [greedy] * 5, [0] * 5, [0] * 5).tolist() == logits.argmax(-1).tolist()
     hot = SamplingParams(temperature=2.0)
     params = [greedy, hot, greedy, hot, greedy]
-    gens = [None if p.greedy else torch.Generator().manual_seed(i) for i, p in enumerate(params)]
-    out = sample(logits, params, gens)
+    out = sample(logits, params, list(range(5)), [0] * 5)
     assert out[[0, 2, 4]].tolist() == logits.argmax(-1)[[0, 2, 4]].tolist()
 
 
@@ -253,8 +252,7 @@ def test_top_k_1_is_greedy_at_any_temperature(temperature):
     logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(1))
     params = [SamplingParams(temperature=temperature, top_k=1)] * 4
     for seed in range(5):
-        gens = [torch.Generator().manual_seed(seed * 10 + b) for b in range(4)]
-        assert sample(logits, params, gens).tolist() == logits.argmax(-1).tolist()
+        assert sample(logits, params, [seed * 10 + b for b in range(4)], [seed] * 4).tolist() == logits.argmax(-1).tolist()
 
 
 PROBS = torch.tensor([0.1, 0.5, 0.04, 0.3, 0.06])
@@ -286,7 +284,7 @@ def test_sampling_draws_only_kept_tokens_and_is_reproducible_with_a_seed():
     params = [SamplingParams(temperature=1.0, top_p=0.55)] * 64
 
     def draw(seed: int) -> list[int]:
-        return sample(logits, params, [torch.Generator().manual_seed(seed + b) for b in range(64)]).tolist()
+        return sample(logits, params, [seed + b for b in range(64)], [0] * 64).tolist()
 
     a = draw(0)
     assert a == draw(0)
@@ -294,9 +292,42 @@ def test_sampling_draws_only_kept_tokens_and_is_reproducible_with_a_seed():
     assert set(a) == {1, 3}
 
 
+def test_sampled_frequencies_follow_the_distribution():
+    """Gumbel-max over the hashed noise draws from softmax(logits / T): 20,000 draws land within 2%."""
+    n = 20000
+    logits = (PROBS.log() * 2)[None].repeat(n, 1)  # temperature 2 undoes the doubling
+    out = sample(logits, [SamplingParams(temperature=2.0)] * n, list(range(n)), [7] * n)
+    freq = torch.bincount(out, minlength=5).float() / n
+    torch.testing.assert_close(freq, PROBS, atol=0.02, rtol=0)
+
+
+def test_a_rows_draw_depends_on_its_seed_and_step_not_on_its_neighbours():
+    logits = torch.randn(6, 1000, generator=torch.Generator().manual_seed(3))
+    params = [SamplingParams(temperature=1.0)] * 6
+    together = sample(logits, params, [11, 12, 13, 14, 15, 16], [0, 1, 2, 3, 4, 5])
+    alone = [sample(logits[b : b + 1], params[:1], [11 + b], [b]).item() for b in range(6)]
+    assert together.tolist() == alone
+    steps = {sample(logits[:1], params[:1], [11], [step]).item() for step in range(40)}
+    assert len(steps) > 1  # a new step draws new noise
+
+
+def test_repetition_penalty_follows_transformers():
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    logits = torch.randn(2, 30, generator=torch.Generator().manual_seed(5))
+    history = [[3, 7, 7, 12], [0, 29]]
+    params = [SamplingParams(repetition_penalty=1.3), SamplingParams(repetition_penalty=0.8)]
+    ours = apply_repetition_penalty(logits, params, history)
+    for b in range(2):
+        expected = RepetitionPenaltyLogitsProcessor(params[b].repetition_penalty)(
+            torch.tensor([history[b]]), logits[b : b + 1].clone())
+        torch.testing.assert_close(ours[b : b + 1], expected)
+    assert sample(logits, params, [0, 0], [0, 0], history).tolist() == ours.argmax(-1).tolist()
+
+
 @pytest.mark.parametrize("bad", [
     dict(max_new_tokens=0), dict(temperature=-0.1), dict(temperature=float("nan")), dict(top_p=0.0),
-    dict(top_p=1.5), dict(top_p=float("nan")), dict(top_k=-1),
+    dict(top_p=1.5), dict(top_p=float("nan")), dict(top_k=-1), dict(repetition_penalty=0.0),
 ])
 def test_sampling_params_reject_bad_values(bad):
     with pytest.raises(ValueError):

@@ -6,6 +6,7 @@ frontend (tasks, CLI, Python API) goes through `Engine.generate`.
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections import deque
@@ -23,15 +24,19 @@ from videocap.errors import PromptTooLongError
 
 class Engine:
     def __init__(
-        self, model, *, block_size: int = 16, gpu_memory_fraction: float = 0.9, max_cache_tokens: int | None = None
+        self, model, *, block_size: int = 16, gpu_memory_fraction: float = 0.9, max_cache_tokens: int | None = None,
+        eager: bool = False, max_num_seqs: int = 256, max_prefill_tokens: int = 16384,
     ):
+        """`gpu_memory_fraction` of the free GPU memory becomes KV cache (or `max_cache_tokens` tokens of it);
+        `eager` turns CUDA graphs off; `max_num_seqs` caps the sequences decoding together."""
         self.runner = ModelRunner(
-            model, block_size=block_size, gpu_memory_fraction=gpu_memory_fraction, max_cache_tokens=max_cache_tokens
+            model, block_size=block_size, gpu_memory_fraction=gpu_memory_fraction, max_cache_tokens=max_cache_tokens,
+            eager=eager, max_num_seqs=max_num_seqs,
         )
-        self.scheduler = Scheduler(self.runner.allocator, block_size)
+        self.scheduler = Scheduler(self.runner.allocator, block_size, max_prefill_tokens, max_num_seqs)
         # A sequence may grow to what the model or the cache holds (preempting all others, it fits alone).
         self.context = model.max_context()
-        self.max_len = min(self.context, self.runner.cache_tokens)
+        self.max_len = self.runner.max_len
         self.block_size = block_size
         self.lock = threading.RLock()  # one step at a time, whichever caller (thread, nested callback) drives it
         self.inboxes: dict[int, deque[Output]] = {}  # outputs for requests a `generate` call is waiting on
@@ -46,14 +51,10 @@ class Engine:
             raise PromptTooLongError(f"the prompt has {n} tokens; the model's context holds {self.context}")
         if blocks_needed(n + 1, self.block_size) > self.runner.allocator.num_blocks:
             raise PromptTooLongError(f"the prompt has {n} tokens; the KV cache holds {self.runner.cache_tokens}")
-        generator = None
-        if not request.sampling.greedy:
-            generator = torch.Generator(device=self.runner.device)
-            if request.sampling.seed is not None:
-                generator.manual_seed(request.sampling.seed)
-            else:
-                generator.seed()  # a fresh seed for this request only; the caller's global RNG is left alone
-        seq = Sequence(request, list(request.token_ids), generator, image_embeds=request.image_embeds)
+        seed = request.sampling.seed
+        # A fresh seed for this request only; the caller's global RNG is left alone.
+        seed = secrets.randbits(63) if seed is None else seed % (1 << 63)
+        seq = Sequence(request, list(request.token_ids), seed, image_embeds=request.image_embeds)
         self.scheduler.add(seq)
         return seq
 
@@ -68,7 +69,12 @@ class Engine:
         return outputs
 
     def postprocess(self, batch: Batch, logits: torch.Tensor) -> list[Output]:
-        tokens = sample(logits, [s.request.sampling for s in batch.seqs], [s.generator for s in batch.seqs]).tolist()
+        params = [s.request.sampling for s in batch.seqs]
+        histories = None
+        if any(p.repetition_penalty != 1.0 for p in params):
+            histories = [s.penalized_tokens() for s in batch.seqs]
+        tokens = sample(logits, params, [s.seed for s in batch.seqs], [len(s.generated) for s in batch.seqs],
+                        histories).tolist()
         now = time.perf_counter()
         outputs = []
         for seq, token in zip(batch.seqs, tokens):

@@ -31,6 +31,7 @@ class SamplingParams:
     top_k: int = 0  # 0 = no top-k cut
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    repetition_penalty: float = 1.0  # transformers' rule over the prompt's text tokens and the answer so far
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -41,6 +42,8 @@ class SamplingParams:
             raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise SamplingError(f"top_k must be a whole number >= 0, got {self.top_k!r}")
+        if not 0 < self.repetition_penalty < math.inf:
+            raise SamplingError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}")
 
     @property
     def greedy(self) -> bool:

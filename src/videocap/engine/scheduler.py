@@ -18,7 +18,7 @@ from videocap.engine.request import FinishReason, Request, Timings
 class Sequence:
     request: Request
     tokens: list[int]  # prompt, then generated tokens
-    generator: torch.Generator | None
+    seed: int  # keys the request's sampling noise (sampler.py)
     blocks: list[int] = field(default_factory=list)
     num_cached: int = 0  # tokens whose keys/values are in the cache
     image_embeds: torch.Tensor | None = None
@@ -34,6 +34,13 @@ class Sequence:
     def generated(self) -> list[int]:
         return self.tokens[self.prompt_len :]
 
+    def penalized_tokens(self) -> list[int]:
+        """The ids a repetition penalty applies to: the prompt's text tokens (not image placeholders) and the
+        answer so far."""
+        mask = self.request.image_mask
+        prompt = self.request.token_ids if mask is None else [t for t, image in zip(self.request.token_ids, mask) if not image]
+        return prompt + self.generated
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -42,10 +49,12 @@ class Batch:
 
 
 class Scheduler:
-    def __init__(self, allocator: BlockAllocator, block_size: int, max_prefill_tokens: int = 16384):
+    def __init__(self, allocator: BlockAllocator, block_size: int, max_prefill_tokens: int = 16384,
+                 max_num_seqs: int = 256):
         self.allocator = allocator
         self.block_size = block_size
         self.max_prefill_tokens = max_prefill_tokens
+        self.max_num_seqs = max_num_seqs  # running at once: the largest decode batch (and CUDA graph)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -58,7 +67,7 @@ class Scheduler:
     def schedule(self) -> Batch:
         admitted: list[Sequence] = []
         budget = self.max_prefill_tokens
-        while self.waiting:
+        while self.waiting and len(self.running) + len(admitted) < self.max_num_seqs:
             seq = self.waiting[0]
             need = blocks_needed(len(seq.tokens) + 1, self.block_size)
             if not self.allocator.can_allocate(need) or (admitted and len(seq.tokens) > budget):
