@@ -41,7 +41,7 @@ class ModelRunner:
                                            self.dtype)
         self.allocator = BlockAllocator(num_blocks)
         if paged_kernel is None:
-            paged_kernel = self.device.type == "cuda" and paged_attention.available()
+            paged_kernel = self.device.type == "cuda" and paged_attention.available() and paged_attention.supports(head_dim)
         self.paged_kernel = paged_kernel
         self.max_len = min(model.max_context(), self.cache_tokens)
         self.graphs = None

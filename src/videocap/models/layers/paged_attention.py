@@ -29,6 +29,11 @@ def available() -> bool:
     return triton is not None and torch.cuda.is_available()
 
 
+def supports(head_dim: int) -> bool:
+    """The kernel tiles whole heads: a power of two of at least 16 (tl.dot's smallest inner size)."""
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
+
+
 def num_splits(batch: int, kv_heads: int, device: torch.device) -> int:
     """Enough programs to give every SM about two (a power of two, at most 32); one when the batch does."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 128

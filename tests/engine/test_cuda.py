@@ -1,0 +1,83 @@
+"""The CUDA paths against the reference paths, on the GPU machine (skipped elsewhere): the Triton paged decode
+kernel against gather-and-SDPA at the real Llama-3-8B head shapes and the tiny model's, and the engine with CUDA
+graphs against the eager engine and the CPU engine on the tiny LLaVA-NeXT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA device", allow_module_level=True)
+
+from test_engine import drive, image_request, model, text_request  # noqa: E402,F401  (the tiny-model fixture)
+
+from videocap.engine.engine import Engine  # noqa: E402
+from videocap.models.layers import paged_attention  # noqa: E402
+from videocap.models.layers.attention import AttnMetadata, cached_attention  # noqa: E402
+
+if not paged_attention.available():
+    pytest.skip("needs Triton", allow_module_level=True)
+
+
+def random_cache(B, H, KV, D, lens, dtype, block_size=16, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    width = max(-(-n // block_size) for n in lens)
+    blocks = B * width + 3
+    cache = torch.randn(2, blocks, block_size, KV, D, device="cuda", dtype=dtype, generator=g)
+    tables = torch.randperm(blocks, device="cuda", generator=g)[: B * width].view(B, width)
+    q = torch.randn(B, H, D, device="cuda", dtype=dtype, generator=g)
+    return q, cache, tables
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("H, KV, D", [(32, 8, 128), (4, 2, 16)])
+@pytest.mark.parametrize("lens", [[1], [2300], [1, 17, 64, 65, 600, 1999, 5], list(range(1, 200, 3))])
+def test_paged_kernel_equals_gather_and_sdpa(dtype, tol, H, KV, D, lens):
+    B = len(lens)
+    q, cache, tables = random_cache(B, H, KV, D, lens, dtype)
+    context = torch.tensor(lens, device="cuda")
+    meta = AttnMetadata((1,) * B, context, torch.zeros(B, dtype=torch.long, device="cuda"), tables, 16, max(lens))
+    expected = cached_attention(q, cache, meta, D**-0.5)
+    for splits in sorted({1, 4, paged_attention.num_splits(B, KV, q.device)}):
+        out = paged_attention.paged_decode(q, cache, tables.int(), context.int(), D**-0.5, splits)
+        torch.testing.assert_close(out, expected, atol=tol, rtol=tol)
+
+
+def requests(model):
+    return [text_request(5 + 7 * i, 100 + i, 9 + i % 4) for i in range(6)] + [
+        image_request(model, (500, 300), 3, max_new_tokens=7), image_request(model, (300, 700), 4, max_new_tokens=5)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_graphs_eager_and_cpu_engines_agree(model, dtype):
+    cuda_model = model.to("cuda", dtype)
+    try:
+        late = {3: [text_request(11, 500, 6)], 5: [text_request(40, 501, 8)]}
+        graphed = drive(Engine(cuda_model, max_cache_tokens=4096), requests(model), late)
+        eager = drive(Engine(cuda_model, max_cache_tokens=4096, eager=True), requests(model), late)
+        engine = Engine(cuda_model, max_cache_tokens=4096)
+        assert engine.runner.graphs is not None and engine.runner.paged_kernel
+        assert [o.token_ids for o in graphed.values()] == [o.token_ids for o in eager.values()]
+        if dtype == torch.float32:  # the CPU engine is the tested reference
+            cpu = drive(Engine(model.to("cpu"), max_cache_tokens=4096), requests(model), late)
+            assert [o.token_ids for o in graphed.values()] == [o.token_ids for o in cpu.values()]
+    finally:
+        model.to("cpu", torch.float32)
+
+
+def test_graph_logits_equal_eager_logits(model):
+    cuda_model = model.to("cuda")
+    try:
+        logits = {}
+        for eager in (False, True):
+            engine = Engine(cuda_model, max_cache_tokens=4096, eager=eager)
+            for r in [text_request(9 + i, 300 + i, 4) for i in range(5)]:
+                engine.add(r)
+            engine.step()  # prefill
+            batch = engine.scheduler.schedule()
+            logits[eager] = engine.runner.run(batch).clone()
+        torch.testing.assert_close(logits[False], logits[True], atol=1e-5, rtol=1e-5)
+    finally:
+        model.to("cpu")
