@@ -20,6 +20,7 @@ from videocap.errors import VideocapError
 
 from videocap.video import Every, Fps, SeekMode, Uniform, Uniform16, VideoInfo, VideoReader, layout, probe
 from videocap.video.frames import choose
+from videocap.video.sampling import SamplePlan
 
 DESCRIPTION = """\
 videocap answers questions about videos and captions them with LLaVA-style video-language models
@@ -31,6 +32,13 @@ strategies (N = frames in the video or window):
   uniform    n frames evenly spread, first and last included (ShareCaptioner-Video's demo); --frames n
   every      one frame every int(seconds*fps) frames, at least 1 (ShareCaptioner-Video); --seconds (2)
   fps        --rate frames per second at interval centres, at most --max-frames (then spread evenly)
+  keyframes  semantic keyframes, as ShareGPT4Video's keyframe script picks them: the first frame (after any
+             leading solid-colour frames), then every ceil(fps*S)-th frame (--keyframe-interval S, 2) whose CLIP
+             feature (CLS token of the last layer, --keyframe-model) has cosine similarity below
+             --keyframe-threshold (0.93) to the last keyframe's, and the last frame when it is at least one
+             interval after the last keyframe. The script's clip-length rules (skip under 10 s, cut at 120 s)
+             are off unless --keyframe-min-duration / --keyframe-max-duration are given. OpenAI's CLIP checkpoint
+             ships only pickled weights: it needs --allow-pickle.
 
 seek modes:
   exact      decode from the keyframe before each frame to the frame itself (the frame sampling asked for)
@@ -40,7 +48,8 @@ seek modes:
 examples:
   videocap frames clip.mp4 --layout grid -o grid.png
   videocap frames clip.mp4 --strategy every --seconds 2 --layout strip -o strip.png
-  videocap frames clip.mp4 --strategy uniform --frames 8 --dir frames/ --start 10 --end 40"""
+  videocap frames clip.mp4 --strategy uniform --frames 8 --dir frames/ --start 10 --end 40
+  videocap frames clip.mp4 --strategy keyframes --allow-pickle --layout strip -o keyframes.png"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=FRAMES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     frames.add_argument("video", help="path to the video file")
-    frames.add_argument("--strategy", choices=["uniform16", "uniform", "every", "fps"], default="uniform16",
+    frames.add_argument("--strategy", choices=["uniform16", "uniform", "every", "fps", "keyframes"], default="uniform16",
                         help="how frames are chosen (default: uniform16; see below)")
     frames.add_argument("--frames", type=_positive_int, default=16, metavar="N",
                         help="frames to sample for uniform16 and uniform (default: 16)")
@@ -117,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write each frame here as frame_<k>_<seconds>s.<ext> (created if missing)")
     frames.add_argument("--ext", choices=["png", "jpg"], default="png", help="image type for --dir (default: png)")
     frames.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_keyframe_options(frames)
+    frames.add_argument("--quiet", action="store_true", help="no progress bars (keyframes)")
     frames.set_defaults(run=run_frames)
     add_model_commands(commands)
     return parser
@@ -140,6 +151,7 @@ def run_frames(args: argparse.Namespace) -> int:
         "uniform": lambda: Uniform(args.frames),
         "every": lambda: Every(args.seconds),
         "fps": lambda: Fps(args.rate, args.max_frames),
+        "keyframes": lambda: None,
     }[args.strategy]()
     mode = SeekMode(args.mode)
     compose_layout = bool(args.output) and args.layout != "none"
@@ -147,7 +159,11 @@ def run_frames(args: argparse.Namespace) -> int:
         _make_dir(args.dir)
     written: list[str] = []
     with VideoReader(args.video, allow_partial=args.allow_partial, threads=args.threads) as reader:
-        chosen = choose(reader, strategy, args.start, args.end)
+        if strategy is None:
+            found = scan_keyframes(args, reader, mode)
+            chosen = SamplePlan(found.indices, found.timestamps)
+        else:
+            chosen = choose(reader, strategy, args.start, args.end)
         if compose_layout:  # a layout needs every frame in memory at once
             _check_memory(len(set(chosen.timestamps)), reader.output_size(args.max_side))
             decoded = reader.read(chosen.timestamps, mode, args.max_side)
@@ -170,11 +186,14 @@ def run_frames(args: argparse.Namespace) -> int:
         _save(compose(images, args.layout), args.output)
         written.insert(0, args.output)
     if args.json:
-        print(json.dumps({
+        result = {
             "path": args.video, "strategy": args.strategy, "mode": mode.value,
             "indices": list(chosen.indices), "requested": list(chosen.timestamps),
             "timestamps": timestamps, "partial": partial, "warnings": warnings, "written": written,
-        }))
+        }
+        if strategy is None:
+            result["keyframes"] = keyframe_record(args, found)
+        print(json.dumps(result))
     else:
         times = ", ".join(f"{t:.2f}" for t in timestamps)
         print(f"{len(timestamps)} frames ({mode.value}) at {times} s")
@@ -183,6 +202,49 @@ def run_frames(args: argparse.Namespace) -> int:
         if args.dir:
             print(f"wrote {len(timestamps)} frames to {args.dir}")
     return 0
+
+
+def add_keyframe_options(p: argparse.ArgumentParser) -> None:
+    """The keyframe selector's options (any command that can pick frames by keyframes)."""
+    from videocap.video.keyframes import DEFAULT_INTERVAL, DEFAULT_MODEL, DEFAULT_THRESHOLD
+
+    p.add_argument("--keyframe-model", default=DEFAULT_MODEL, metavar="MODEL",
+                   help=f"CLIP checkpoint for keyframes: Hub id[@revision] or directory (default: {DEFAULT_MODEL})")
+    p.add_argument("--keyframe-threshold", type=_cosine, default=DEFAULT_THRESHOLD, metavar="T",
+                   help=f"a candidate whose similarity to the last keyframe is below T becomes a keyframe "
+                   f"(cosine, -1 to 1; lower keeps fewer; default: {DEFAULT_THRESHOLD})")
+    p.add_argument("--keyframe-interval", type=_positive_float, default=DEFAULT_INTERVAL, metavar="S",
+                   help=f"seconds between keyframe candidates (default: {DEFAULT_INTERVAL:g})")
+    p.add_argument("--keyframe-min-duration", type=_positive_float, default=None, metavar="S",
+                   help="refuse videos (windows) of S seconds or less, as the keyframe script skips clips under "
+                   "10 s (default: off)")
+    p.add_argument("--keyframe-max-duration", type=_positive_float, default=None, metavar="S",
+                   help="consider only the first S seconds, as the keyframe script cuts at 120 s (default: off)")
+    p.add_argument("--keyframe-device", default=None, metavar="DEVICE",
+                   help="device for the keyframe model: cuda, cuda:N or cpu (default: cuda when available)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept pickled .bin weights for the keyframe model (can run code; OpenAI's CLIP needs it)")
+
+
+def scan_keyframes(args: argparse.Namespace, reader: VideoReader, mode: SeekMode):
+    """The keyframes of `reader`'s video with the options of `add_keyframe_options`."""
+    from videocap.video.keyframes import KeyframeSelector
+
+    selector = KeyframeSelector.load(args.keyframe_model, device=args.keyframe_device, progress=not args.quiet,
+                                     allow_pickle=args.allow_pickle)
+    return selector.scan(
+        reader, threshold=args.keyframe_threshold, interval=args.keyframe_interval, start=args.start, end=args.end,
+        seek=mode, max_side=args.max_side, min_duration=args.keyframe_min_duration,
+        max_duration=args.keyframe_max_duration,
+    )
+
+
+def keyframe_record(args: argparse.Namespace, found) -> dict:
+    return {
+        "model": args.keyframe_model, "threshold": args.keyframe_threshold, "interval": args.keyframe_interval,
+        "interval_frames": found.interval_frames, "candidates": found.candidates,
+        "skipped_solid": found.skipped_solid, "similarities": list(found.similarities),
+    }
 
 
 # Frames held at once for a layout beyond this are refused rather than risking the machine's memory.
@@ -262,6 +324,13 @@ def _positive_float(text: str) -> float:
     value = _parse(float, text)
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _cosine(text: str) -> float:
+    value = _parse(float, text)
+    if not -1 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a cosine similarity from -1 to 1, got {text}")
     return value
 
 

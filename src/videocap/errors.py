@@ -99,3 +99,11 @@ class DeviceError(VideocapError, ValueError):
 
 class SamplingError(VideocapError, ValueError):
     """Generation settings that cannot be used (a negative temperature, top_p outside (0, 1], ...)."""
+
+
+class VideoTooShortError(VideoError):
+    """A video (or window) shorter than a length the caller requires (keyframes' `min_duration`)."""
+
+
+class KeyframeSettingsError(VideocapError, ValueError):
+    """Keyframe-selection settings that cannot be used (a threshold outside [-1, 1], a non-positive interval)."""
