@@ -11,7 +11,7 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA device", allow_module_level=True)
 
-from test_engine import drive, image_request, model, text_request  # noqa: E402,F401  (the tiny-model fixture)
+from .test_engine import drive, image_request, model, text_request  # noqa: E402,F401  (the tiny-model fixture)
 
 from videocap.engine.engine import Engine  # noqa: E402
 from videocap.models.layers import paged_attention  # noqa: E402
