@@ -222,14 +222,16 @@ def add_keyframe_options(p: argparse.ArgumentParser) -> None:
                    help="consider only the first S seconds, as the keyframe script cuts at 120 s (default: off)")
     p.add_argument("--keyframe-device", default=None, metavar="DEVICE",
                    help="device for the keyframe model: cuda, cuda:N or cpu (default: cuda when available)")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="accept pickled .bin weights for the keyframe model (can run code; OpenAI's CLIP needs it)")
+    if "--allow-pickle" not in p._option_string_actions:  # model commands have it already, for both models
+        p.add_argument("--allow-pickle", action="store_true",
+                       help="accept pickled .bin weights for the keyframe model (can run code; OpenAI's CLIP needs it)")
 
 
 def scan_keyframes(args: argparse.Namespace, reader: VideoReader, mode: SeekMode):
     """The keyframes of `reader`'s video with the options of `add_keyframe_options`."""
     from videocap.video.keyframes import KeyframeSelector
 
+    choose(reader, Every(args.keyframe_interval), args.start, args.end)  # a bad window fails before the model loads
     selector = KeyframeSelector.load(args.keyframe_model, device=args.keyframe_device, progress=not args.quiet,
                                      allow_pickle=args.allow_pickle)
     return selector.scan(

@@ -129,8 +129,7 @@ class KeyframeSelector:
             net, preprocessing = load_clip_vision(folder, device=dev, dtype=dt, allow_pickle=allow_pickle)
         except UnsafeCheckpointError as e:
             raise UnsafeCheckpointError(
-                f"keyframe model {e} (CLI: videocap frames --allow-pickle), or give --keyframe-model a CLIP "
-                "checkpoint with model.safetensors"
+                f"keyframe model {e}, or give --keyframe-model a CLIP checkpoint saved as safetensors"
             ) from e
         return cls(ClipFeatures(net, preprocessing), batch_size=batch_size, progress=progress, name=spec)
 
