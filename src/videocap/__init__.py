@@ -1,6 +1,7 @@
 """videocap: answer questions about videos and caption them with LLaVA-style video-language models.
 
-The Python API: `videocap.load(model)` returns a `Captioner` (`.ask(video, question)`, `.chat(video)`); the video
+The Python API: `videocap.load(model)` returns a `Captioner` (`.ask(video, question)`, `.chat(video)`,
+`.caption(video, mode=...)`, `.summarize(captions)`, `.recaption(text)`); the video
 side (probe, sample, lay out frames) is importable without torch. The model API is imported on first use, so
 `videocap info` and friends start fast.
 """
@@ -16,6 +17,11 @@ _LAZY = {
     "Chat": "videocap.tasks.ask",
     "Answer": "videocap.tasks.ask",
     "VideoGrid": "videocap.tasks.ask",
+    "CaptionResult": "videocap.tasks.results",
+    "SummaryResult": "videocap.tasks.results",
+    "RecaptionResult": "videocap.tasks.results",
+    "Segment": "videocap.tasks.results",
+    "KeyframeOptions": "videocap.tasks.plan",
 }
 
 
@@ -29,7 +35,12 @@ def __getattr__(name: str):
 
 __all__ = [
     "Answer",
+    "CaptionResult",
     "Captioner",
+    "KeyframeOptions",
+    "RecaptionResult",
+    "Segment",
+    "SummaryResult",
     "Chat",
     "VideoGrid",
     "load",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from videocap.models.llava_next.config import load_config
 from videocap.models.llava_next.processor import ImageView, LlavaNextProcessor
 from videocap.models.llava_next.weights import load as load_llava_next
 from videocap.tasks.ask import Answer, Chat, VideoGrid
+from videocap.tasks.results import CaptionResult, RecaptionResult, SummaryResult
 from videocap.weights import hub
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -70,6 +72,48 @@ class Captioner:
         if not isinstance(video, VideoGrid):
             video = VideoGrid.of(video, frames, start=start, end=end)
         return Chat(self, video, preamble=preamble)
+
+
+    def caption(self, video: str | os.PathLike | Sequence[str | os.PathLike], mode: str = "fast", *,
+                frames: int | str | None = None, seconds: float = 2.0, start: float | None = None,
+                end: float | None = None, instruction: str | None = None, prompt: str | None = None,
+                **options) -> CaptionResult | list[CaptionResult]:
+        """Caption `video` (a result) or several videos (a list, in order; they share the engine).
+
+        mode "fast": one request over `frames` frames (default 16, uniform16; or "keyframes") in the model's layout.
+        mode "slide": a frame every `seconds` (or `frames="keyframes"`): the first frame's caption, one caption per
+        adjacent pair given the one before, then their summary (`result.segments` keeps each with exact times).
+        `instruction` is appended to the final caption's prompt (fast: its prompt; slide: the summary's);
+        `prompt` replaces the mode's prompt (slide: the pair prompt; `first_prompt`, `summary_prompt` the others),
+        with the placeholders listed in videocap.tasks.prompts.PLACEHOLDERS.
+        `options`: seek, max_side, allow_partial, keyframes (KeyframeOptions), context_limit, progress, on_result,
+        and generation settings max_new_tokens (default: the family's, 512 for ShareGPT4Video-8B), temperature,
+        top_p, top_k, seed.
+        """
+        from videocap.tasks import captioning
+
+        return captioning.caption(self, video, mode, frames=frames, seconds=seconds, start=start, end=end,
+                                  instruction=instruction, prompt=prompt, **options)
+
+    def summarize(self, source, *, instruction: str | None = None, prompt: str | None = None, **options
+                  ) -> SummaryResult | list[SummaryResult]:
+        """One summary per record of timed per-frame captions (the sliding mode's last step alone).
+
+        `source`: a file (videocap slide --json output or ShareGPT4Video records; JSON, JSON array or JSONL), one
+        record (dict), a list of records, or a list of `Segment`s / (seconds, text) pairs. A file or list with many
+        records gives a list of results. `options`: interval (seconds per caption for records without times),
+        context_limit, progress, on_result, generation settings.
+        """
+        from videocap.tasks import captioning
+
+        return captioning.summarize(self, source, instruction=instruction, prompt=prompt, **options)
+
+    def recaption(self, text: str | Sequence[str], *, instruction: str | None = None, prompt: str | None = None,
+                  **options) -> RecaptionResult | list[RecaptionResult]:
+        """Expand a short text-to-video prompt (or a list of them, batched) into a detailed caption."""
+        from videocap.tasks import captioning
+
+        return captioning.recaption(self, text, instruction=instruction, prompt=prompt, **options)
 
 
 def load(

@@ -1,4 +1,5 @@
-"""The model commands of the `videocap` CLI: `ask`, `chat`, `download`. Thin clients of videocap.api."""
+"""The model commands of the `videocap` CLI: `ask`, `chat`, `download` (and, from cli_caption.py, `caption`,
+`summarize`, `recaption`). Thin clients of videocap.api."""
 
 from __future__ import annotations
 
@@ -53,6 +54,10 @@ def add_model_commands(commands) -> None:
     download.add_argument("--allow-pickle", action="store_true",
                           help="also accept a repository that has only pickled (.bin) weights")
     download.set_defaults(run=run_download)
+
+    from videocap.cli_caption import add_caption_commands  # caption, summarize, recaption
+
+    add_caption_commands(commands)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

@@ -93,6 +93,11 @@ class PromptTooLongError(VideocapError, ValueError):
     """The prompt does not fit the model's context or the KV cache (a long chat: `/reset` starts over)."""
 
 
+class RecordError(VideocapError, ValueError):
+    """A captions file or record that cannot be summarized; the message names the file, the record and what is
+    missing."""
+
+
 class DeviceError(VideocapError, ValueError):
     """A device or dtype that cannot be used here."""
 

@@ -58,12 +58,19 @@ class LlavaNextProcessor:
         turns: list[prompt.Turn],
         sampling: SamplingParams,
         *,
-        image: PreparedImage,
+        image: PreparedImage | None,
         image_embeds: torch.Tensor | None = None,
         preamble: bool = True,
     ) -> Request:
         """The request for the assistant's next answer in `turns`. Give `image` (its pixels are encoded by the
-        engine) and, to reuse an earlier encoding, `image_embeds` (then the pixels are not sent)."""
+        engine) and, to reuse an earlier encoding, `image_embeds` (then the pixels are not sent).
+        `image=None` asks about text alone: no image slot, no preamble (summaries, re-captioning)."""
+        if image is None:
+            assert image_embeds is None, "image embeddings without an image"
+            ids = prompt.tokenize_prompt(self.tokenizer, prompt.build_prompt(turns, image=False))
+            if not sampling.stop_token_ids:
+                sampling = replace(sampling, stop_token_ids=self.stop_ids)
+            return Request(ids, sampling)
         ids = prompt.tokenize_prompt(self.tokenizer, prompt.build_prompt(turns, preamble=preamble))
         tokens: list[int] = []
         mask: list[bool] = []

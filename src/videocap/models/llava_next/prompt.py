@@ -63,7 +63,7 @@ def _header(role: str) -> str:
     return f"{_START_HEADER}{role}{_END_HEADER}\n\n"
 
 
-def build_prompt(turns: Sequence[Turn], *, preamble: bool = True) -> str:
+def build_prompt(turns: Sequence[Turn], *, preamble: bool = True, image: bool = True) -> str:
     """The `llava_llama_3` prompt for a conversation about one image, ending with the assistant's header.
 
     The first user message is `<image>\\n` + (grid preamble) + text, with no separator between preamble and text,
@@ -71,6 +71,9 @@ def build_prompt(turns: Sequence[Turn], *, preamble: bool = True) -> str:
     every turn, which gives the model more image slots than images (LLaVA's splice then fails), so videocap
     keeps the image in the first turn only. Like the seed's MPT-style join, an empty message writes its
     role header alone, without `<|eot_id|>`.
+
+    `image=False` builds a text-only conversation (the captioning modes' summary and re-caption steps): no
+    `<image>` slot and no grid preamble, the same template otherwise.
     """
     if not turns:
         raise PromptError("a conversation needs at least one turn")
@@ -85,7 +88,7 @@ def build_prompt(turns: Sequence[Turn], *, preamble: bool = True) -> str:
     messages: list[tuple[str, str]] = []
     for i, turn in enumerate(turns):
         user = turn.user
-        if i == 0:
+        if i == 0 and image:
             user = IMAGE_TOKEN + "\n" + (GRID_PREAMBLE if preamble else "") + user
         messages.append(("user", user))
         if turn.assistant is not None:

@@ -1,0 +1,185 @@
+"""The captioning modes as calls on a loaded model: `caption` (fast, slide), `summarize`, `recaption`.
+
+Turns user arguments into plans, options and tasks, runs them all through one driver (so several videos, records
+or prompts share the engine), and returns typed results. `videocap.api.Captioner` and the CLI call these.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm
+
+from videocap.engine.request import SamplingParams
+from videocap.errors import VideocapError
+from videocap.tasks import driver
+from videocap.tasks.family import Family, family
+from videocap.tasks.fast import FastOptions, fast_task
+from videocap.tasks.plan import KeyframeOptions, VideoPlan, plan_video
+from videocap.tasks.recaption import RecaptionOptions, recaption_task, recaption_text
+from videocap.tasks.records import CaptionSet, from_record, read_captions
+from videocap.tasks.results import CaptionResult, RecaptionResult, Segment, SummaryResult
+from videocap.tasks.slide import SlideOptions, slide_task
+from videocap.tasks.summarize import SummaryOptions, summary_task
+from videocap.video import SeekMode
+
+if TYPE_CHECKING:
+    from videocap.api import Captioner
+
+MODES = ("fast", "slide")
+MAX_ACTIVE_VIDEOS = 16  # videos decoded and captioned at once (each holds a reader and up to 2 frames, or a grid)
+
+
+def session_of(captioner: Captioner, context_limit: int | None = None) -> driver.Session:
+    """The driver's view of `captioner`; `context_limit` lowers the tokens one request may hold (tests)."""
+    limit = min(captioner.model.max_context(), getattr(captioner.engine, "max_len", None) or 1 << 62)
+    if context_limit is not None:
+        limit = min(limit, context_limit)
+    return driver.Session(captioner.processor, captioner.engine, limit)
+
+
+def family_of(captioner: Captioner) -> Family:
+    return family(getattr(captioner, "family", "llava_next"))
+
+
+def sampling_of(fam: Family, *, max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                top_k: int = 0, seed: int | None = None) -> SamplingParams:
+    """The family's generation defaults (greedy, its reference's answer budget) with the caller's changes."""
+    return SamplingParams(max_new_tokens=fam.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                          temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+
+
+def plan_videos(videos: Sequence[str | os.PathLike | VideoPlan], mode: str, **plan_args) -> list[VideoPlan]:
+    """Plan every video (probe, window, timestamps, keyframes) before any model work; paths or ready plans."""
+    if mode not in MODES:
+        raise VideocapError(f"unknown captioning mode {mode!r} (use {' or '.join(MODES)})")
+    return [v if isinstance(v, VideoPlan) else plan_video(v, mode, **plan_args) for v in videos]
+
+
+def caption(
+    captioner: Captioner,
+    videos: str | os.PathLike | VideoPlan | Sequence[str | os.PathLike | VideoPlan],
+    mode: str = "fast",
+    *,
+    frames: int | str | None = None,
+    seconds: float = 2.0,
+    start: float | None = None,
+    end: float | None = None,
+    seek: SeekMode = SeekMode.EXACT,
+    max_side: int | None = None,
+    allow_partial: bool = False,
+    keyframes: KeyframeOptions | None = None,
+    instruction: str | None = None,
+    prompt: str | None = None,
+    first_prompt: str | None = None,
+    summary_prompt: str | None = None,
+    context_limit: int | None = None,
+    progress: bool = False,
+    on_result: Callable[[CaptionResult], None] | None = None,
+    **generation,
+) -> CaptionResult | list[CaptionResult]:
+    """Caption one video (a result) or several (a list, in order). See `videocap.api.Captioner.caption`."""
+    single = isinstance(videos, (str, os.PathLike, VideoPlan))
+    items = [videos] if single else list(videos)
+    plans = plan_videos(items, mode, frames=frames, seconds=seconds, start=start, end=end, seek=seek,
+                        max_side=max_side, allow_partial=allow_partial, keyframes=keyframes)
+    fam, session = family_of(captioner), session_of(captioner, context_limit)
+    sampling = sampling_of(fam, **generation)
+    name = captioner.name
+    if mode == "fast":
+        if first_prompt is not None or summary_prompt is not None:
+            raise VideocapError("--first-prompt and --summary-prompt belong to the slide mode")
+        options = FastOptions(sampling, instruction, prompt, name)
+        make = lambda plan: fast_task(plan, fam, options)  # noqa: E731
+        expected = [1] * len(plans)
+    else:
+        summary = SummaryOptions(sampling, session.limit, session.count, instruction, summary_prompt, name)
+        options = SlideOptions(sampling, summary, first_prompt, prompt, name)
+        make = lambda plan: slide_task(plan, fam, options)  # noqa: E731
+        expected = [len(p.timestamps) + 1 for p in plans]
+    results = _run(session, [make(p) for p in plans], expected, progress, f"captioning ({mode})", on_result)
+    return results[0] if single else results
+
+
+def summarize(
+    captioner: Captioner,
+    source: str | os.PathLike | dict | CaptionSet | Sequence[Segment | tuple[float, str]] | Sequence[dict],
+    *,
+    interval: float | None = None,
+    instruction: str | None = None,
+    prompt: str | None = None,
+    context_limit: int | None = None,
+    progress: bool = False,
+    on_result: Callable[[SummaryResult], None] | None = None,
+    **generation,
+) -> SummaryResult | list[SummaryResult]:
+    """Summarize timed captions. See `videocap.api.Captioner.summarize`."""
+    sets, single = caption_sets(source, interval)
+    fam, session = family_of(captioner), session_of(captioner, context_limit)
+    options = SummaryOptions(sampling_of(fam, **generation), session.limit, session.count, instruction, prompt,
+                             captioner.name)
+    results = _run(session, [summary_task(s, fam, options) for s in sets], [1] * len(sets), progress,
+                   "summarizing", on_result)
+    return results[0] if single else results
+
+
+def caption_sets(source, interval: float | None = None) -> tuple[list[CaptionSet], bool]:
+    """`source` as caption sets, and whether it was one set (a single result is returned then)."""
+    if isinstance(source, (str, os.PathLike)):
+        sets = read_captions(source, interval=interval)
+        return sets, len(sets) == 1
+    if isinstance(source, CaptionSet):
+        return [source], True
+    if isinstance(source, dict):
+        return [from_record(source, "record", interval=interval)], True
+    items = list(source)
+    if items and all(isinstance(x, dict) for x in items):
+        return [from_record(r, f"record {n}", interval=interval) for n, r in enumerate(items, 1)], False
+    segments = []
+    for x in items:
+        if isinstance(x, Segment):
+            segments.append(x)
+        elif isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], str):
+            segments.append(Segment(float(x[0]), float(x[0]), x[1]))
+        else:
+            raise VideocapError(f"cannot summarize {x!r}: give Segments, (seconds, text) pairs, records or a file")
+    if not segments:
+        raise VideocapError("nothing to summarize: no captions given")
+    return [CaptionSet("captions", tuple(segments))], True
+
+
+def recaption(
+    captioner: Captioner,
+    texts: str | Sequence[str],
+    *,
+    instruction: str | None = None,
+    prompt: str | None = None,
+    progress: bool = False,
+    on_result: Callable[[RecaptionResult], None] | None = None,
+    **generation,
+) -> RecaptionResult | list[RecaptionResult]:
+    """Expand short text-to-video prompts into detailed captions. See `videocap.api.Captioner.recaption`."""
+    single = isinstance(texts, str)
+    items = [texts] if single else list(texts)
+    fam, session = family_of(captioner), session_of(captioner)
+    options = RecaptionOptions(sampling_of(fam, **generation), instruction, prompt, captioner.name)
+    for text in items:
+        recaption_text(fam, options, text)  # refuse bad input before any request runs
+    results = _run(session, [recaption_task(t, fam, options) for t in items], [1] * len(items), progress,
+                   "re-captioning", on_result)
+    return results[0] if single else results
+
+
+def _run(session: driver.Session, tasks: list, expected: list[int], progress: bool, desc: str,
+         on_result: Callable[[Any], None] | None) -> list[Any]:
+    with tqdm(total=sum(expected), desc=desc, unit="req", file=sys.stderr, disable=not progress) as bar:
+        def advance() -> None:
+            if bar.n + 1 > bar.total:  # a hierarchical summary asks more than expected
+                bar.total = bar.n + 1
+            bar.update(1)
+
+        return driver.run(session, tasks, on_request=advance, max_active=MAX_ACTIVE_VIDEOS,
+                          on_result=None if on_result is None else lambda _, r: on_result(r))

@@ -1,0 +1,192 @@
+"""Running many captioning tasks at once on one engine.
+
+A task is a generator: it yields a list of `Ask`s (the requests it needs next), receives the `Reply`s in the same
+order once all of them are answered, and returns its result. The fast mode is one round of one ask; the sliding
+mode asks frame after frame, each conditioned on the previous answer, then summarizes; a hierarchical summary
+asks for several group summaries in one round.
+
+`run()` is the one driver: it keeps every task's pending requests in the engine together, so requests of many
+videos share each engine step (continuous batching), and routes each finished `Output` to its task and slot by
+request id — answers pair with the right segment however the engine orders their completion. Tasks know
+nothing of tokens or the engine; `Session` turns an `Ask` into the family's engine `Request`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from videocap.engine.request import Output, Request, SamplingParams
+
+TaskGen = Generator[list["Ask"], list["Reply"], Any]
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One request a task needs: the user message, the image it is about (None: text only), and settings."""
+
+    text: str
+    image: Image.Image | None = None
+    preamble: bool = False
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer to one `Ask`."""
+
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    finish_reason: str
+    vision: float = 0.0  # seconds
+    prefill: float = 0.0  # seconds, including vision
+    first_token: float = 0.0  # seconds from arrival to the first new token
+
+
+class Session:
+    """What tasks need from a loaded model: requests from asks, answer text, and the context's size.
+
+    `limit` is the number of tokens one request may hold (prompt + answer); the summary step groups captions to
+    stay inside it.
+    """
+
+    def __init__(self, processor, engine, limit: int):
+        self.processor, self.engine, self.limit = processor, engine, limit
+
+    def request(self, ask: Ask) -> Request:
+        from videocap.models.llava_next.prompt import Turn
+
+        image = self.processor.prepare_image(ask.image) if ask.image is not None else None
+        return self.processor.request([Turn(ask.text)], ask.sampling, image=image, preamble=ask.preamble)
+
+    def count(self, ask: Ask) -> int:
+        """Prompt tokens of a text-only ask (what the summary step measures)."""
+        assert ask.image is None, "only text-only asks are measured"
+        return len(self.request(ask).token_ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.processor.decode(ids)
+
+
+@dataclass
+class _Running:
+    gen: TaskGen
+    replies: list[Reply | None] = field(default_factory=list)
+    started: bool = False
+
+
+def run(
+    session: Session,
+    tasks: Sequence[TaskGen],
+    *,
+    on_request: Callable[[], None] | None = None,
+    on_result: Callable[[int, Any], None] | None = None,
+    max_active: int | None = None,
+) -> list[Any]:
+    """Drive `tasks` to completion on `session`'s engine; their results in the order given.
+
+    At most `max_active` tasks run at once (None: all); the next starts as one finishes. `on_request` is called
+    after each answered request (progress), `on_result(index, result)` as each task finishes. An exception in a
+    task or the engine stops everything; the engine aborts the unfinished requests.
+    """
+    results: list[Any] = [None] * len(tasks)
+    waiting = list(range(len(tasks)))[::-1]  # not started yet, popped from the end
+    running: dict[int, _Running] = {}
+    owner: dict[int, tuple[int, int]] = {}  # request id -> (task index, slot)
+    streams: list[Iterator[Output]] = []  # one engine.generate per round of asks, drained round robin
+    ready: list[int] = []
+    try:
+        while True:
+            while waiting and (max_active is None or len(running) < max_active):
+                index = waiting.pop()
+                running[index] = _Running(tasks[index])
+                ready.append(index)
+            if ready:
+                for index in ready:
+                    _advance(session, index, running, owner, streams, results, on_result)
+                ready = []
+                continue  # a task that returned made room for the next
+            if not running:
+                return results
+            while not ready:
+                assert streams, "running tasks with no request in the engine"
+                try:
+                    out = next(streams[0])
+                except StopIteration:
+                    streams.pop(0)
+                    continue
+                streams.append(streams.pop(0))  # round robin keeps every stream's inbox short
+                if not out.finished:
+                    continue
+                index, slot = owner.pop(out.request_id)
+                task = running[index]
+                task.replies[slot] = _reply(session, out)
+                if on_request is not None:
+                    on_request()
+                if all(r is not None for r in task.replies):
+                    ready.append(index)
+    finally:
+        for stream in streams:
+            stream.close()  # aborts unfinished requests (an error elsewhere, Ctrl-C)
+        for task in running.values():
+            task.gen.close()
+
+
+def _advance(session: Session, index: int, running: dict[int, _Running], owner: dict[int, tuple[int, int]],
+             streams: list[Iterator[Output]], results: list[Any], on_result) -> None:
+    """Give task `index` its answers (or start it) and submit what it asks next, or take its result."""
+    task = running[index]
+    try:
+        if task.started:
+            asks = task.gen.send(list(task.replies))
+        else:
+            task.started = True
+            asks = next(task.gen)
+    except StopIteration as done:
+        del running[index]
+        results[index] = done.value
+        if on_result is not None:
+            on_result(index, done.value)
+        return
+    assert asks, "a task must ask for something or return"
+    task.replies = [None] * len(asks)
+    requests = [session.request(ask) for ask in asks]
+    for slot, request in enumerate(requests):
+        owner[request.request_id] = (index, slot)
+    streams.insert(0, session.engine.generate(requests))  # first in line: its requests join the next step
+
+
+def _reply(session: Session, out: Output) -> Reply:
+    t = out.timings
+    return Reply(session.decode(out.token_ids), out.prompt_tokens, len(out.token_ids), out.finish_reason.value,
+                 t.vision, t.prefill, t.first_token)
+
+
+@dataclass
+class Usage:
+    """Token counts and timings a task accumulates over its requests."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    vision: float = 0.0
+    prefill: float = 0.0
+    decode_video: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, replies: Sequence[Reply]) -> None:
+        for r in replies:
+            self.requests += 1
+            self.prompt_tokens += r.prompt_tokens
+            self.new_tokens += r.new_tokens
+            self.vision += r.vision
+            self.prefill += r.prefill
+
+    def timings(self) -> dict[str, float]:
+        return {"decode_video": self.decode_video, "vision": self.vision, "prefill": self.prefill,
+                "total": time.perf_counter() - self.started}
