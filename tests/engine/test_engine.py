@@ -166,7 +166,8 @@ def test_a_small_cache_preempts_and_recomputes_and_frees_every_block(model, monk
         assert cramped[r.request_id].token_ids == roomy[r.request_id].token_ids
         assert cramped[r.request_id].finish_reason is FinishReason.LENGTH
     allocator = small.runner.allocator
-    assert len(allocator.free) == allocator.num_blocks and len(set(allocator.free)) == allocator.num_blocks
+    allocator.check()
+    assert allocator.num_free == allocator.num_blocks
 
 
 def test_a_preempted_image_request_is_recomputed_from_its_embeddings(model, monkeypatch):
@@ -183,7 +184,7 @@ def test_a_preempted_image_request_is_recomputed_from_its_embeddings(model, monk
     monkeypatch.undo()
     for r in texts + [image]:
         assert final[r.request_id].token_ids == reference_generate(model, r)
-    assert len(engine.runner.allocator.free) == engine.runner.allocator.num_blocks
+    assert engine.runner.allocator.num_free == engine.runner.allocator.num_blocks
 
 
 def test_a_sequence_that_fills_the_cache_ends_with_context(model):
@@ -193,7 +194,7 @@ def test_a_sequence_that_fills_the_cache_ends_with_context(model):
     assert out.finish_reason is FinishReason.CONTEXT
     assert out.token_ids == reference_generate(model, request)[: len(out.token_ids)]
     assert len(request.token_ids) + len(out.token_ids) == engine.runner.cache_tokens
-    assert len(engine.runner.allocator.free) == engine.runner.allocator.num_blocks
+    assert engine.runner.allocator.num_free == engine.runner.allocator.num_blocks
 
 
 def test_stop_token_ends_the_request_and_is_left_out(model):

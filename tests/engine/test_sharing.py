@@ -28,7 +28,7 @@ def request(n_prompt: int, n_new: int, first: int = 5) -> Request:
 
 
 def all_free(engine: Engine) -> bool:
-    return not engine.scheduler.has_work() and len(engine.runner.allocator.free) == engine.runner.allocator.num_blocks
+    return not engine.scheduler.has_work() and engine.runner.allocator.num_free == engine.runner.allocator.num_blocks
 
 
 def test_interleaved_generators_each_receive_their_final_output(engine):

@@ -55,7 +55,7 @@ def test_an_abandoned_answer_leaves_nothing_behind(captioner, h264):
         chat.ask("Describe every detail.", max_new_tokens=200, on_text=interrupt)
     engine = captioner.engine
     assert not engine.scheduler.has_work()
-    assert len(engine.runner.allocator.free) == engine.runner.allocator.num_blocks
+    assert engine.runner.allocator.num_free == engine.runner.allocator.num_blocks
     assert captioner.chat(str(h264), frames=4).ask("What is it?", max_new_tokens=8).text == expected
 
 

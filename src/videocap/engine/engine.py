@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from videocap.engine.kv_cache import blocks_needed
-from videocap.engine.request import FinishReason, Output, Request
+from videocap.engine.beam import BeamGroup, BeamSearch
+from videocap.engine.request import FinishReason, Output, Request, SamplingParams
 from videocap.engine.runner import ModelRunner
 from videocap.engine.sampler import sample
 from videocap.engine.scheduler import Batch, Scheduler, Sequence
@@ -25,15 +25,19 @@ from videocap.errors import PromptTooLongError
 class Engine:
     def __init__(
         self, model, *, block_size: int = 16, gpu_memory_fraction: float = 0.9, max_cache_tokens: int | None = None,
-        eager: bool = False, max_num_seqs: int = 256, max_prefill_tokens: int = 16384,
+        eager: bool = False, max_num_seqs: int = 256, max_prefill_tokens: int = 16384, prefix_caching: bool = True,
     ):
         """`gpu_memory_fraction` of the free GPU memory becomes KV cache (or `max_cache_tokens` tokens of it);
-        `eager` turns CUDA graphs off; `max_num_seqs` caps the sequences decoding together."""
+        `eager` turns CUDA graphs off; `max_num_seqs` caps the sequences decoding together; `prefix_caching`
+        keeps computed blocks for later requests with the same prefix (a chat's next turn, a shared system
+        prompt)."""
         self.runner = ModelRunner(
             model, block_size=block_size, gpu_memory_fraction=gpu_memory_fraction, max_cache_tokens=max_cache_tokens,
             eager=eager, max_num_seqs=max_num_seqs,
         )
+        self.runner.allocator.prefix_caching = prefix_caching
         self.scheduler = Scheduler(self.runner.allocator, block_size, max_prefill_tokens, max_num_seqs)
+        self.beams = BeamSearch(self.scheduler)
         # A sequence may grow to what the model or the cache holds (preempting all others, it fits alone).
         self.context = model.max_context()
         self.max_len = self.runner.max_len
@@ -49,14 +53,26 @@ class Engine:
         n = len(request.token_ids)
         if n >= self.context:  # the model's own limit first: it is the one a user can act on
             raise PromptTooLongError(f"the prompt has {n} tokens; the model's context holds {self.context}")
-        if blocks_needed(n + 1, self.block_size) > self.runner.allocator.num_blocks:
-            raise PromptTooLongError(f"the prompt has {n} tokens; the KV cache holds {self.runner.cache_tokens}")
+        if n + 1 > self.length_limit(request.sampling):
+            beams = request.sampling.num_beams
+            per_beam = f", {self.length_limit(request.sampling)} for each of {beams} beams" if beams > 1 else ""
+            raise PromptTooLongError(
+                f"the prompt has {n} tokens; the KV cache holds {self.runner.cache_tokens}{per_beam}"
+            )
         seed = request.sampling.seed
         # A fresh seed for this request only; the caller's global RNG is left alone.
         seed = secrets.randbits(63) if seed is None else seed % (1 << 63)
         seq = Sequence(request, list(request.token_ids), seed, image_embeds=request.image_embeds)
+        if request.sampling.num_beams > 1:
+            seq.beam = BeamGroup(seq, self.length_limit(request.sampling))
         self.scheduler.add(seq)
         return seq
+
+    def length_limit(self, params: SamplingParams) -> int:
+        """The longest a sequence of this request may grow (prompt + new tokens). The beams of a search must fit
+        the cache together, each on its own blocks (after a preemption they are recomputed unshared)."""
+        per_beam = self.runner.allocator.num_blocks // params.num_beams * self.block_size
+        return min(self.max_len, per_beam)
 
     def step(self) -> list[Output]:
         with self.lock:
@@ -69,17 +85,29 @@ class Engine:
         return outputs
 
     def postprocess(self, batch: Batch, logits: torch.Tensor) -> list[Output]:
-        params = [s.request.sampling for s in batch.seqs]
+        plain = [i for i, s in enumerate(batch.seqs) if s.beam is None]
+        outputs = []
+        if plain:
+            if len(plain) == len(batch.seqs):
+                outputs = self.sampled(batch.seqs, logits, batch.prefill)
+            else:
+                outputs = self.sampled([batch.seqs[i] for i in plain], logits[plain], batch.prefill)
+        if len(plain) < len(batch.seqs):
+            outputs += self.beams.step(batch.seqs, logits, batch.prefill, time.perf_counter())
+        return outputs
+
+    def sampled(self, seqs: list[Sequence], logits: torch.Tensor, prefill: bool) -> list[Output]:
+        """Sample one token for each of `seqs` (rows of `logits`) and advance them."""
+        params = [s.request.sampling for s in seqs]
         histories = None
         if any(p.repetition_penalty != 1.0 for p in params):
-            histories = [s.penalized_tokens() for s in batch.seqs]
-        tokens = sample(logits, params, [s.seed for s in batch.seqs], [len(s.generated) for s in batch.seqs],
-                        histories).tolist()
+            histories = [s.penalized_tokens() for s in seqs]
+        tokens = sample(logits, params, [s.seed for s in seqs], [len(s.generated) for s in seqs], histories).tolist()
         now = time.perf_counter()
         outputs = []
-        for seq, token in zip(batch.seqs, tokens):
+        for seq, token in zip(seqs, tokens):
             params = seq.request.sampling
-            if batch.prefill and not seq.generated:
+            if prefill and not seq.generated:
                 seq.timings.prefill = now - seq.request.arrival - seq.timings.queued
                 seq.timings.first_token = now - seq.request.arrival
                 seq.decode_start = now
@@ -102,7 +130,7 @@ class Engine:
             outputs.append(
                 Output(
                     seq.request.request_id, list(seq.generated), new, seq.prompt_len, finished, seq.finish_reason,
-                    seq.timings, seq.image_embeds if finished else None,
+                    seq.timings, seq.image_embeds if finished else None, seq.cached_tokens or 0,
                 )
             )
         return outputs

@@ -7,6 +7,7 @@ engine knows nothing of video, prompts or tokenizers.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import time
@@ -32,6 +33,12 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     repetition_penalty: float = 1.0  # transformers' rule over the prompt's text tokens and the answer so far
+    # Beam search as transformers runs it (num_beams > 1, greedy only): hypotheses scored
+    # sum(log-probs) / (new tokens, the stop token included) ** length_penalty; early_stopping ends the search
+    # as soon as num_beams hypotheses are finished, else when no running beam can beat the worst of them.
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool = False
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -42,6 +49,14 @@ class SamplingParams:
             raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise SamplingError(f"top_k must be a whole number >= 0, got {self.top_k!r}")
+        if not isinstance(self.num_beams, int) or self.num_beams < 1:
+            raise SamplingError(f"num_beams must be a whole number >= 1, got {self.num_beams!r}")
+        if self.num_beams > 1 and not self.greedy:
+            raise SamplingError("beam search does not sample: leave temperature at 0 when num_beams > 1")
+        if self.num_beams > 1 and self.repetition_penalty != 1.0:
+            raise SamplingError("beam search scores the model's log-probabilities as they are: repetition_penalty 1")
+        if not math.isfinite(self.length_penalty):
+            raise SamplingError(f"length_penalty must be a finite number, got {self.length_penalty}")
         if not 0 < self.repetition_penalty < math.inf:
             raise SamplingError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}")
 
@@ -66,6 +81,9 @@ class Request:
     image_mask: list[bool] | None = None  # True where an image embedding replaces the token
     images: ImageInput | None = None
     image_embeds: torch.Tensor | None = None  # (image positions, hidden), instead of `images`
+    # What the image is (`image_key(images)`), for sharing cached keys/values of image positions across requests;
+    # without it only the blocks before the first image position are shared.
+    image_key: bytes | None = None
     request_id: int = field(default_factory=lambda: next(_ids))
     arrival: float = field(default_factory=time.perf_counter)
 
@@ -76,6 +94,13 @@ class Request:
             raise ValueError("image_mask must have one entry per prompt token")
         if (self.images is not None or self.image_embeds is not None) and not any(self.image_mask or ()):
             raise ValueError("an image was given but no prompt position is marked for it")
+
+
+def image_key(images: ImageInput) -> bytes:
+    """An identity of the image content: a digest of the pixels and sizes."""
+    h = hashlib.blake2b(repr((images.pixels.dtype, tuple(images.pixels.shape), images.sizes)).encode(), digest_size=16)
+    h.update(images.pixels.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.digest()
 
 
 class FinishReason(Enum):
@@ -104,3 +129,4 @@ class Output:
     finish_reason: FinishReason | None = None
     timings: Timings = field(default_factory=Timings)
     image_embeds: torch.Tensor | None = None  # the computed image embeddings, for reuse by a follow-up request
+    cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache (not prefilled)

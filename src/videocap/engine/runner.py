@@ -58,13 +58,16 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: Batch) -> torch.Tensor:
         """One step: (B, vocab) float32 logits at each sequence's last new token."""
+        if batch.copies:
+            self.copy_blocks(batch.copies)
         logits = self.prefill(batch.seqs) if batch.prefill else self.decode(batch.seqs)
         for seq in batch.seqs:
             seq.num_cached = len(seq.tokens)
         return logits.float()
 
     def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
-        self.encode_images([s for s in seqs if s.image_embeds is None and s.request.images is not None])
+        self.encode_images([s for s in seqs if s.image_embeds is None and s.request.images is not None
+                            and any((s.request.image_mask or ())[s.num_cached :])])  # not all cached
         ids, positions, slots, q_lens, image_mask = [], [], [], [], []
         for seq in seqs:
             start = seq.num_cached
@@ -84,7 +87,7 @@ class ModelRunner:
         )
         embeds = mask_t = None
         if any(image_mask):
-            embeds = torch.cat([s.image_embeds for s in seqs if s.image_embeds is not None and s.num_cached == 0])
+            embeds = torch.cat([e for e in map(self.uncached_image_embeds, seqs) if e is not None])
             mask_t = torch.tensor(image_mask, device=self.device)
         hidden = self.model(self.tensor(ids), self.tensor(np.concatenate(positions)), meta, self.kv_caches, embeds, mask_t)
         last = torch.tensor(np.cumsum(q_lens) - 1, device=self.device)
@@ -106,6 +109,22 @@ class ModelRunner:
         )
         hidden = self.model(self.tensor(ids), self.tensor(positions), meta, self.kv_caches)
         return self.model.compute_logits(hidden)
+
+    def copy_blocks(self, pairs: tuple[tuple[int, int], ...]) -> None:
+        """Copy-on-write of blocks shared by beams: block dst gets src's keys/values in every layer (all reads
+        before any write, so the pairs may chain)."""
+        src, dst = (torch.tensor(side, device=self.device) for side in zip(*pairs))
+        for cache in self.kv_caches:  # (2, blocks, block_size, kv_heads, head_dim)
+            cache[:, dst] = cache[:, src]
+
+    @staticmethod
+    def uncached_image_embeds(seq: Sequence) -> torch.Tensor | None:
+        """The embeddings of `seq`'s image positions from `num_cached` on (a cached prefix holds the earlier ones),
+        or None when it has none left to prefill."""
+        mask = seq.request.image_mask
+        if not mask or not any(mask[seq.num_cached :]):
+            return None
+        return seq.image_embeds[sum(mask[: seq.num_cached]) :]
 
     def block_tables(self, seqs: list[Sequence]) -> np.ndarray:
         width = max(len(s.blocks) for s in seqs)
