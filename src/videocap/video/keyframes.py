@@ -79,13 +79,10 @@ class ClipFeatures:
 
         from videocap.models.clip_vision import preprocess
 
-        with torch.inference_mode():
-            return self._features(images, preprocess)
-
-    def _features(self, images: Sequence[np.ndarray], preprocess) -> torch.Tensor:
         weight = self.model.embeddings.patch_embedding.weight
         pixels = preprocess(images, self.preprocessing).to(weight.device, weight.dtype)  # (n, 3, 336, 336)
-        return self.model.features(pixels, -1)[:, 0].float().cpu()  # (n, C)
+        with torch.inference_mode():
+            return self.model.features(pixels, -1)[:, 0].float().cpu()  # (n, C)
 
 
 class KeyframeSelector:
