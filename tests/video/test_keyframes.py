@@ -86,8 +86,12 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 def pickled(folder: Path) -> dict[str, bytes]:
     files = files_of(folder)
+    tensors = load_file(folder / "model.safetensors")
+    # OpenAI's 2022 pytorch_model.bin also holds the position_ids buffers older transformers saved
+    tensors["vision_model.embeddings.position_ids"] = torch.arange((TINY_SIDE // 14) ** 2 + 1)[None]
+    tensors["text_model.embeddings.position_ids"] = torch.arange(16)[None]
     buffer = io.BytesIO()
-    torch.save(load_file(folder / "model.safetensors"), buffer)
+    torch.save(tensors, buffer)
     del files["model.safetensors"]
     return {**files, "pytorch_model.bin": buffer.getvalue()}
 
