@@ -81,3 +81,36 @@ def test_graph_logits_equal_eager_logits(model):
         torch.testing.assert_close(logits[False], logits[True], atol=1e-5, rtol=1e-5)
     finally:
         model.to("cpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_decode_kernels_match_the_pytorch_layers(dtype):
+    import torch.nn.functional as F
+
+    from videocap.models.layers import fused
+    from videocap.models.layers.attention import write_kv
+    from videocap.models.layers.norm import RMSNorm
+    from videocap.models.layers.rope import Rotary
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    T, C, H, KV, D = 5, 4096, 32, 8, 128
+    x, delta = (torch.randn(T, C, device="cuda", dtype=dtype, generator=g) for _ in range(2))
+    norm = RMSNorm(C, 1e-5).to("cuda", dtype)
+    norm.weight.data = 1 + 0.1 * torch.randn(C, device="cuda", dtype=dtype, generator=g)
+    total, out = fused.add_rms_norm(x, delta, norm.weight, 1e-5)
+    assert torch.equal(total, x + delta)  # one rounding of the same sum
+    ulp = 1e-6 if dtype == torch.float32 else 2 ** -7
+    torch.testing.assert_close(out, norm(x + delta), atol=0, rtol=ulp)  # float32 sum order only
+    gate_up = torch.randn(T, 2 * 14336, device="cuda", dtype=dtype, generator=g)
+    gate, up = gate_up.chunk(2, dim=-1)
+    torch.testing.assert_close(fused.silu_mul(gate_up), F.silu(gate) * up, atol=1e-6, rtol=ulp)
+
+    qkv = torch.randn(T, (H + 2 * KV) * D, device="cuda", dtype=dtype, generator=g)
+    cos, sin = Rotary(D, 500000.0).cos_sin(torch.tensor([0, 7, 100, 2047, 8000], device="cuda"), dtype)
+    cache, expected = (torch.zeros(2, 12, 16, KV, D, device="cuda", dtype=dtype) for _ in range(2))
+    slots = torch.tensor([0, 17, 33, 100, 191], device="cuda")
+    q = fused.rope_and_cache(qkv, cos, sin, cache, slots, H, KV)
+    qk = Rotary.apply(qkv[:, : (H + KV) * D].view(T, H + KV, D), cos, sin)
+    write_kv(expected, qk[:, H:], qkv[:, (H + KV) * D :].view(T, KV, D), slots)
+    assert torch.equal(q, qk[:, :H])  # the same roundings in the same order
+    assert torch.equal(cache, expected)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videocap.models.layers import paged_attention
+from videocap.models.layers import fused, paged_attention
 from videocap.models.layers.mlp import FusedLinear
 from videocap.models.layers.rope import Rotary
 
@@ -165,6 +165,11 @@ class SelfAttention(nn.Module):
     ) -> torch.Tensor:
         T, H, KV, D = x.shape[0], self.heads, self.kv_heads, self.head_dim
         qkv = self.qkv_proj(x)  # (T, (H + 2 KV) * D)
+        if meta.paged_splits:  # CUDA decode: rotary and the cache write in one kernel, then the paged kernel
+            q = fused.rope_and_cache(qkv, *cos_sin, cache, meta.slot_mapping, H, KV)
+            out = paged_attention.paged_decode(q, cache, meta.block_tables, meta.context_lens, D**-0.5,
+                                               meta.paged_splits)
+            return self.o_proj(out.reshape(T, H * D))
         qk = Rotary.apply(qkv[:, : (H + KV) * D].view(T, H + KV, D), *cos_sin)  # q and k rotated in one pass
         q, k = qk[:, :H], qk[:, H:]
         v = qkv[:, (H + KV) * D :].view(T, KV, D)

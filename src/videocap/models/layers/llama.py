@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from videocap.models.layers import fused
 from videocap.models.layers.attention import AttnMetadata, SelfAttention
 from videocap.models.layers.config_checks import positive_ints
 from videocap.models.layers.mlp import SwiGLU
@@ -69,7 +70,21 @@ class LlamaDecoder(nn.Module):
         """(T, hidden) input embeddings of the packed new tokens → (T, hidden) final hidden states."""
         assert len(kv_caches) == len(self.layers), "one KV cache per layer"
         cos_sin = self.rotary.cos_sin(positions, embeds.dtype)
+        if meta.paged_splits:  # a CUDA decode step: the same arithmetic in fewer kernels
+            return self.forward_fused(embeds, cos_sin, meta, kv_caches)
         x = embeds
         for layer, cache in zip(self.layers, kv_caches):
             x = layer(x, cos_sin, meta, cache)
         return self.norm(x)
+
+    def forward_fused(self, embeds, cos_sin, meta: AttnMetadata, kv_caches: list[torch.Tensor]) -> torch.Tensor:
+        """The layers with each residual add fused into the next RMSNorm (fused.py)."""
+        norms = [n for layer in self.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+        norms.append(self.norm)
+        residual, h = fused.add_rms_norm(embeds, None, norms[0].weight, norms[0].eps)
+        for i, (layer, cache) in enumerate(zip(self.layers, kv_caches)):
+            residual, h = fused.add_rms_norm(residual, layer.self_attn(h, cos_sin, meta, cache), norms[2 * i + 1].weight,
+                                             norms[2 * i + 1].eps)
+            residual, h = fused.add_rms_norm(residual, layer.mlp(h, fused_act=True), norms[2 * i + 2].weight,
+                                             norms[2 * i + 2].eps)
+        return h

@@ -36,7 +36,12 @@ class SwiGLU(nn.Module):
         self.gate_up_proj = FusedLinear(hidden, {"gate_proj": intermediate, "up_proj": intermediate})
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fused_act: bool = False) -> torch.Tensor:
+        """`fused_act`: silu(gate) * up in one Triton kernel (CUDA decode; see fused.py)."""
+        if fused_act:
+            from videocap.models.layers.fused import silu_mul
+
+            return self.down_proj(silu_mul(self.gate_up_proj(x)))
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 

@@ -43,7 +43,7 @@ def num_splits(batch: int, kv_heads: int, device: torch.device) -> int:
 
 def paged_decode(
     q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
-    splits: int,
+    splits: int, *, block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
 ) -> torch.Tensor:
     """q (B, H, D) one query per sequence; cache (2, blocks, block_size, KV, D) → (B, H, D) in q's dtype."""
     B, H, D = q.shape
@@ -52,25 +52,22 @@ def paged_decode(
     group_pad = max(16, triton.next_power_of_2(group))  # tl.dot needs at least 16 rows
     out = torch.empty_like(q)
     k_cache, v_cache = cache[0], cache[1]
-    common = dict(GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=D, BLOCK_SIZE=block_size, IEEE=q.dtype == torch.float32)
     if splits == 1:
-        _decode_kernel[(B, KV, 1)](
-            q, k_cache, v_cache, block_tables, context_lens, out, out, out, scale,
-            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
-            out.stride(0), out.stride(1), BLOCK_N=64, NUM_SPLITS=1, num_warps=4, num_stages=2, **common,
-        )
-        return out
-    part_ml = torch.empty(B, KV, splits, 2, group_pad, device=q.device, dtype=torch.float32)  # running max, sum
-    part_acc = torch.empty(B, KV, splits, group_pad, D, device=q.device, dtype=torch.float32)
+        part_ml = part_acc = out  # unused
+    else:
+        part_ml = torch.empty(B, KV, splits, 2, group, device=q.device, dtype=torch.float32)  # running max, sum
+        part_acc = torch.empty(B, KV, splits, group, D, device=q.device, dtype=torch.float32)
     _decode_kernel[(B, KV, splits)](
         q, k_cache, v_cache, block_tables, context_lens, out, part_ml, part_acc, scale,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
-        out.stride(0), out.stride(1), BLOCK_N=64, NUM_SPLITS=splits, num_warps=4, num_stages=2, **common,
+        out.stride(0), out.stride(1), GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=D, BLOCK_SIZE=block_size,
+        BLOCK_N=block_n, NUM_SPLITS=splits, IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
     )
-    _merge_kernel[(B, KV)](
-        part_ml, part_acc, out, out.stride(0), out.stride(1), GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=D,
-        NUM_SPLITS=splits, num_warps=4,
-    )
+    if splits > 1:
+        _merge_kernel[(B, H)](
+            part_ml, part_acc, out, out.stride(0), out.stride(1), GROUP=group, HEAD_DIM=D, NUM_SPLITS=splits,
+            num_warps=2,
+        )
     return out
 
 
@@ -126,32 +123,28 @@ if triton is not None:
             tl.store(out_ptr + seq * stride_ob + heads[:, None] * stride_oh + d[None, :],
                      out.to(out_ptr.dtype.element_ty), mask=g[:, None] < GROUP)
         else:
-            part = (seq * tl.num_programs(1) + kv_head) * NUM_SPLITS + split
-            tl.store(part_ml_ptr + (part * 2) * GROUP_PAD + g, m)
-            tl.store(part_ml_ptr + (part * 2 + 1) * GROUP_PAD + g, s_sum)
-            tl.store(part_acc_ptr + part * GROUP_PAD * HEAD_DIM + g[:, None] * HEAD_DIM + d[None, :], acc)
+            part = (seq * tl.num_programs(1) + kv_head) * NUM_SPLITS + split  # (B, KV, splits) row-major
+            real = g < GROUP
+            tl.store(part_ml_ptr + (part * 2) * GROUP + g, m, mask=real)
+            tl.store(part_ml_ptr + (part * 2 + 1) * GROUP + g, s_sum, mask=real)
+            tl.store(part_acc_ptr + (part * GROUP + g[:, None]) * HEAD_DIM + d[None, :], acc, mask=real[:, None])
 
     @triton.jit
     def _merge_kernel(
         part_ml_ptr, part_acc_ptr, out_ptr, stride_ob, stride_oh,
-        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr,
+        GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr,
     ):
+        """One program per (sequence, query head): all splits' partial results at once."""
         seq = tl.program_id(0)
-        kv_head = tl.program_id(1)
-        g = tl.arange(0, GROUP_PAD)
+        head = tl.program_id(1)
+        kv_head = head // GROUP
+        g = head % GROUP
+        s = tl.arange(0, NUM_SPLITS)
         d = tl.arange(0, HEAD_DIM)
-        first = (seq * tl.num_programs(1) + kv_head) * NUM_SPLITS
-        m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-        for s in range(NUM_SPLITS):  # the overall max: splits past the context hold -inf and weigh nothing
-            m = tl.maximum(m, tl.load(part_ml_ptr + ((first + s) * 2) * GROUP_PAD + g))
-        total = tl.zeros([GROUP_PAD], tl.float32)
-        acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
-        for s in range(NUM_SPLITS):
-            m_s = tl.load(part_ml_ptr + ((first + s) * 2) * GROUP_PAD + g)
-            w = tl.where(m_s == float("-inf"), 0.0, tl.exp(m_s - m))
-            total += w * tl.load(part_ml_ptr + ((first + s) * 2 + 1) * GROUP_PAD + g)
-            part = tl.load(part_acc_ptr + (first + s) * GROUP_PAD * HEAD_DIM + g[:, None] * HEAD_DIM + d[None, :])
-            acc += w[:, None] * part
-        heads = kv_head * GROUP + g
-        tl.store(out_ptr + seq * stride_ob + heads[:, None] * stride_oh + d[None, :],
-                 (acc / total[:, None]).to(out_ptr.dtype.element_ty), mask=g[:, None] < GROUP)
+        part = (seq * (tl.num_programs(1) // GROUP) + kv_head) * NUM_SPLITS + s  # (NUM_SPLITS,)
+        m = tl.load(part_ml_ptr + (part * 2) * GROUP + g)
+        total = tl.load(part_ml_ptr + (part * 2 + 1) * GROUP + g)
+        acc = tl.load(part_acc_ptr + (part[:, None] * GROUP + g) * HEAD_DIM + d[None, :])  # (NUM_SPLITS, D)
+        w = tl.where(m == float("-inf"), 0.0, tl.exp(m - tl.max(m, 0)))  # splits past the context weigh nothing
+        out = tl.sum(w[:, None] * acc, 0) / tl.sum(w * total, 0)
+        tl.store(out_ptr + seq * stride_ob + head * stride_oh + d, out.to(out_ptr.dtype.element_ty))
