@@ -51,23 +51,33 @@ def image_request(model, size: tuple[int, int], seed: int, max_new_tokens: int =
 
 
 @torch.no_grad()
+def full_logits(model, ids: list[int], mask: list[bool], embeds: torch.Tensor | None) -> torch.Tensor:
+    """(vocab,) logits after `ids`, the whole sequence run through a fresh cache."""
+    layers, kv_heads, head_dim = model.kv_spec()
+    n, bs = len(ids), 16
+    blocks = math.ceil(n / bs)
+    caches = [torch.zeros(2, blocks, bs, kv_heads, head_dim) for _ in range(layers)]
+    meta = AttnMetadata((n,), torch.tensor([n]), torch.arange(n), torch.arange(blocks)[None], bs)
+    image_mask = torch.tensor(mask + [False] * (n - len(mask))) if embeds is not None else None
+    hidden = model(torch.tensor(ids), torch.arange(n), meta, caches, embeds, image_mask)
+    return model.compute_logits(hidden[-1:])[0].float()
+
+
+@torch.no_grad()
+def request_embeds(model, request: Request) -> torch.Tensor | None:
+    if request.images is not None:
+        return torch.cat(model.encode_images(request.images.pixels, list(request.images.sizes)))
+    return request.image_embeds
+
+
 def reference_generate(model, request: Request) -> list[int]:
     """Greedy, re-running the whole sequence through a fresh cache for every new token."""
     ids = list(request.token_ids)
     mask = request.image_mask or [False] * len(ids)
-    embeds = request.image_embeds
-    if request.images is not None:
-        embeds = torch.cat(model.encode_images(request.images.pixels, list(request.images.sizes)))
-    layers, kv_heads, head_dim = model.kv_spec()
+    embeds = request_embeds(model, request)
     out: list[int] = []
     while len(out) < request.sampling.max_new_tokens:
-        n, bs = len(ids), 16
-        blocks = math.ceil(n / bs)
-        caches = [torch.zeros(2, blocks, bs, kv_heads, head_dim) for _ in range(layers)]
-        meta = AttnMetadata((n,), torch.tensor([n]), torch.arange(n), torch.arange(blocks)[None], bs)
-        image_mask = torch.tensor(mask + [False] * (n - len(mask))) if embeds is not None else None
-        hidden = model(torch.tensor(ids), torch.arange(n), meta, caches, embeds, image_mask)
-        token = int(model.compute_logits(hidden[-1:])[0].argmax())
+        token = int(full_logits(model, ids, mask, embeds).argmax())
         if token in request.sampling.stop_token_ids:
             break
         out.append(token)
