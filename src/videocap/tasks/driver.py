@@ -107,8 +107,11 @@ def run(
                 running[index] = _Running(tasks[index])
                 ready.append(index)
             if ready:
+                requests = []
                 for index in ready:
-                    _advance(session, index, running, owner, streams, results, on_result)
+                    requests += _advance(session, index, running, owner, results, on_result)
+                if requests:  # one stream for all of them: they enter the engine together, on its next step
+                    streams.insert(0, session.engine.generate(requests))
                 ready = []
                 continue  # a task that returned made room for the next
             if not running:
@@ -138,8 +141,8 @@ def run(
 
 
 def _advance(session: Session, index: int, running: dict[int, _Running], owner: dict[int, tuple[int, int]],
-             streams: list[Iterator[Output]], results: list[Any], on_result) -> None:
-    """Give task `index` its answers (or start it) and submit what it asks next, or take its result."""
+             results: list[Any], on_result) -> list[Request]:
+    """Give task `index` its answers (or start it): the requests it asks for next, or none when it returned."""
     task = running[index]
     try:
         if task.started:
@@ -152,13 +155,13 @@ def _advance(session: Session, index: int, running: dict[int, _Running], owner: 
         results[index] = done.value
         if on_result is not None:
             on_result(index, done.value)
-        return
+        return []
     assert asks, "a task must ask for something or return"
     task.replies = [None] * len(asks)
     requests = [session.request(ask) for ask in asks]
     for slot, request in enumerate(requests):
         owner[request.request_id] = (index, slot)
-    streams.insert(0, session.engine.generate(requests))  # first in line: its requests join the next step
+    return requests
 
 
 def _reply(session: Session, out: Output) -> Reply:

@@ -84,8 +84,8 @@ def summary_steps(family: Family, items: list[Item], options: SummaryOptions, us
 def _pack(family: Family, items: list[Item], options: SummaryOptions, budget: int) -> list[list[Item]]:
     """Consecutive groups of `items`, each as large as fits one (non-final) summary prompt.
 
-    Groups grow on each line's own token count (lines are separated by newlines, which no BPE merge crosses,
-    so counts add up to within a token or two); each group is then measured whole and shrunk until it fits.
+    Groups grow on each line's own token count (a line's tokens merge with its neighbours' at most at the line
+    break, so the sum is close); each group is then measured whole and shrunk until it fits.
     """
     count = options.count
     base = count(summary_ask(family, [], options, final=False))
