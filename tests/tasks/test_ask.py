@@ -12,6 +12,7 @@ from llava_tiny import IMAGE_TOKEN, make_hf_model, save_layout
 
 from videocap import api
 from videocap.cli import main
+from videocap.engine.engine import Engine
 from videocap.engine.request import SamplingParams
 from videocap.models.llava_next.prompt import Turn
 
@@ -106,3 +107,24 @@ def test_cli_errors_are_one_line_exit_2(argv, needle, tiny, h264, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and needle in err and err.startswith("videocap: error:")
+
+
+def test_a_follow_up_prefills_only_its_new_tokens(captioner, h264, monkeypatch):
+    """The video and the earlier turns come from the prefix cache: the second turn's prefill covers its question
+    (and at most one partly matching block), yet the answer is the one a fresh engine gives."""
+    engine = captioner.engine
+    prefilled = []
+    prefill = engine.runner.prefill
+    monkeypatch.setattr(engine.runner, "prefill",
+                        lambda seqs: prefilled.append(sum(len(s.tokens) - s.num_cached for s in seqs)) or prefill(seqs))
+    chat = captioner.chat(str(h264), frames=4)
+    first = chat.ask("What is shown?", max_new_tokens=6)
+    second = chat.ask("And then?", max_new_tokens=6)
+    new = second.prompt_tokens - first.prompt_tokens - first.new_tokens  # the question, with the turn's headers
+    assert prefilled == [first.prompt_tokens - first.cached_tokens, second.prompt_tokens - second.cached_tokens]
+    assert second.cached_tokens > first.prompt_tokens and prefilled[1] < new + engine.block_size
+    monkeypatch.setattr(captioner, "engine", Engine(captioner.model, prefix_caching=False))
+    again = captioner.chat(str(h264), frames=4)
+    again.turns = list(chat.turns[:1])
+    uncached = again.ask("And then?", max_new_tokens=6)
+    assert (uncached.text, uncached.cached_tokens) == (second.text, 0)

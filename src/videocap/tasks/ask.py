@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from videocap.engine.request import Output, SamplingParams
+from videocap.engine.request import Output, SamplingParams, image_key
 from videocap.errors import PromptError
 from videocap.models.llava_next.prompt import DEFAULT_QUERY, Turn
 from videocap.video import SeekMode, Uniform16, layout, sample
@@ -35,6 +35,7 @@ class Answer:
     new_tokens: int
     finish_reason: str
     timings: dict[str, float] = field(default_factory=dict)  # seconds, and decode tokens/s
+    cached_tokens: int = 0  # prompt tokens whose keys/values were reused (earlier turns, the video): not prefilled
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,6 +106,7 @@ class Chat:
         self.grid = video.image
         self.timestamps = video.timestamps
         self.image = captioner.processor.prepare_image(self.grid)
+        self.image_key = image_key(self.image.input)  # lets the engine reuse the video's cached keys/values
         self.decode_seconds = video.seconds
         self.image_embeds: torch.Tensor | None = None
         self.turns: list[Turn] = []
@@ -131,6 +133,7 @@ class Chat:
             [*self.turns, Turn(question)], sampling, image=self.image, image_embeds=self.image_embeds,
             preamble=self.preamble,
         )
+        request.image_key = self.image_key
         stream = TextStream(processor.decode, on_text)
         final: Output | None = None
         for out in self.captioner.engine.generate([request]):  # only this request's outputs
@@ -150,7 +153,7 @@ class Chat:
         }
         return Answer(
             text, question, self.timestamps, final.prompt_tokens, self.image.num_tokens, len(final.token_ids),
-            final.finish_reason.value, timings,
+            final.finish_reason.value, timings, final.cached_tokens,
         )
 
     def reset(self) -> None:
