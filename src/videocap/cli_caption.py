@@ -137,10 +137,20 @@ def _add_model_options(p: argparse.ArgumentParser, image: bool) -> None:
 
 
 def run_caption(args: argparse.Namespace) -> int:
+    from videocap.errors import VideocapError
     from videocap.tasks import captioning
     from videocap.tasks.plan import DEFAULT_KEYFRAME_MODEL, KeyframeOptions
+    from videocap.tasks.prompts import Step
     from videocap.video import SeekMode
 
+    if args.mode == "fast":
+        if args.first_prompt is not None or args.summary_prompt is not None:
+            raise VideocapError("--first-prompt and --summary-prompt belong to --mode slide")
+        _check(args.prompt, Step.FAST, "--prompt")
+    else:
+        _check(args.prompt, Step.PAIR, "--prompt")
+        _check(args.first_prompt, Step.FIRST, "--first-prompt")
+        _check(args.summary_prompt, Step.SUMMARY, "--summary-prompt")
     keyframes = KeyframeOptions(args.keyframe_model or DEFAULT_KEYFRAME_MODEL, args.keyframe_threshold,
                                 args.keyframe_interval, args.keyframe_device, None, args.allow_pickle, not args.quiet)
     # Plan every video first: a bad video or window fails before the model loads.
@@ -167,6 +177,9 @@ def run_caption(args: argparse.Namespace) -> int:
 def run_summarize(args: argparse.Namespace) -> int:
     from videocap.tasks import captioning
 
+    from videocap.tasks.prompts import Step
+
+    _check(args.prompt, Step.SUMMARY, "--prompt")
     sets, _ = captioning.caption_sets(args.file, args.interval)  # a malformed file fails before the model loads
     captioner = load_from_args(args)
     many = len(sets) > 1
@@ -185,10 +198,12 @@ def run_summarize(args: argparse.Namespace) -> int:
 def run_recaption(args: argparse.Namespace) -> int:
     from videocap.errors import VideocapError
     from videocap.tasks import captioning
+    from videocap.tasks.prompts import Step
     from videocap.tasks.recaption import read_prompts
 
     if (args.text is None) == (args.file is None):
         raise VideocapError("recaption needs a TEXT or --file FILE (one of them)")
+    _check(args.prompt, Step.RECAPTION, "--prompt")
     texts = read_prompts(args.file) if args.file is not None else [args.text]
     captioner = load_from_args(args)
     many = len(texts) > 1
@@ -202,6 +217,14 @@ def run_recaption(args: argparse.Namespace) -> int:
     captioning.recaption(captioner, texts, instruction=args.instruction, prompt=args.prompt, progress=not args.quiet,
                          on_result=emit, **generation_kwargs(args))
     return 0
+
+
+def _check(template: str | None, step, option: str) -> None:
+    """A template's placeholders, checked before the model loads."""
+    from videocap.tasks.prompts import check_template
+
+    if template is not None:
+        check_template(template, step, option)
 
 
 def _frames(text: str) -> int | str:

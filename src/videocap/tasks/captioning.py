@@ -106,7 +106,7 @@ def caption(
 
 def summarize(
     captioner: Captioner,
-    source: str | os.PathLike | dict | CaptionSet | Sequence[Segment | tuple[float, str]] | Sequence[dict],
+    source: str | os.PathLike | dict | CaptionSet | Sequence[CaptionSet | dict | Segment | tuple[float, str]],
     *,
     interval: float | None = None,
     instruction: str | None = None,
@@ -136,6 +136,8 @@ def caption_sets(source, interval: float | None = None) -> tuple[list[CaptionSet
     if isinstance(source, dict):
         return [from_record(source, "record", interval=interval)], True
     items = list(source)
+    if items and all(isinstance(x, CaptionSet) for x in items):
+        return items, False
     if items and all(isinstance(x, dict) for x in items):
         return [from_record(r, f"record {n}", interval=interval) for n, r in enumerate(items, 1)], False
     segments = []

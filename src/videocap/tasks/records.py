@@ -29,7 +29,7 @@ FRAME_FIELDS = ("keyframe", "keyframes")
 
 @dataclass(frozen=True)
 class CaptionSet:
-    source: str  # "<file>" or "<file>:<record>" plus the record's video id or path when it has one
+    source: str  # "<file>", "<file>:<line>" (JSONL) or "<file>[<n>]" (array), plus the record's video when given
     segments: tuple[Segment, ...]
     reference: str | None = None
 
@@ -46,19 +46,17 @@ def read_captions(path: str | os.PathLike, *, interval: float | None = None) -> 
         raise RecordError(f"{path}: is a directory, not a captions file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise RecordError(f"{path}: cannot read the file ({e})") from e
-    records = parse_records(path, text)
-    many = len(records) > 1
-    return [from_record(record, f"{path}:{n}" if many else path, interval=interval)
-            for n, record in enumerate(records, 1)]
+    return [from_record(record, where, interval=interval) for record, where in parse_records(path, text)]
 
 
-def parse_records(path: str, text: str) -> list[dict]:
+def parse_records(path: str, text: str) -> list[tuple[dict, str]]:
+    """The file's records, each with how errors name it: `path` alone, `path:LINE` (JSONL) or `path[N]` (array)."""
     if not text.strip():
         raise RecordError(f"{path}: the file is empty (expected JSON or JSON Lines records)")
     try:
         data = json.loads(text)
         records = data if isinstance(data, list) else [data]
-        where = [f"record {n}" for n in range(1, len(records) + 1)]
+        where = [f"{path}[{n}]" for n in range(1, len(records) + 1)] if isinstance(data, list) else [path]
     except ValueError:
         records, where = [], []
         for n, line in enumerate(text.splitlines(), 1):
@@ -67,14 +65,14 @@ def parse_records(path: str, text: str) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except ValueError as e:
-                raise RecordError(f"{path}: line {n} is not JSON ({e.args[0] if e.args else e})") from None
-            where.append(f"line {n}")
+                raise RecordError(f"{path}:{n}: not JSON ({e.args[0] if e.args else e})") from None
+            where.append(f"{path}:{n}")
     if not records:
         raise RecordError(f"{path}: no records (expected JSON or JSON Lines records)")
     for record, at in zip(records, where):
         if not isinstance(record, dict):
-            raise RecordError(f"{path}: {at} is a JSON {type(record).__name__}, not an object")
-    return records
+            raise RecordError(f"{at}: a JSON {type(record).__name__}, not an object")
+    return list(zip(records, where))
 
 
 def from_record(record: dict, where: str, *, interval: float | None = None) -> CaptionSet:
