@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=FRAMES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     frames.add_argument("video", help="path to the video file")
-    frames.add_argument("--strategy", choices=["uniform16", "uniform", "every", "fps", "keyframes"], default="uniform16",
+    frames.add_argument("--strategy", choices=["uniform16", "uniform", "every", "fps", "keyframes"],
+                        default="uniform16",
                         help="how frames are chosen (default: uniform16; see below)")
     frames.add_argument("--frames", type=_positive_int, default=16, metavar="N",
                         help="frames to sample for uniform16 and uniform (default: 16)")

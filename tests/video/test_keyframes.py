@@ -76,7 +76,8 @@ def clip_dir(tmp_path_factory) -> Path:
     and OpenAI's preprocessor config at the tiny size."""
     folder = tmp_path_factory.mktemp("clip") / "tiny-clip"
     make_clip().save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({**OPENAI_336, "size": TINY_SIDE, "crop_size": TINY_SIDE}))
+    tiny = {**OPENAI_336, "size": TINY_SIDE, "crop_size": TINY_SIDE}
+    (folder / "preprocessor_config.json").write_text(json.dumps(tiny))
     return folder
 
 
