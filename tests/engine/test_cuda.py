@@ -112,5 +112,9 @@ def test_fused_decode_kernels_match_the_pytorch_layers(dtype):
     q = fused.rope_and_cache(qkv, cos, sin, cache, slots, H, KV)
     qk = Rotary.apply(qkv[:, : (H + KV) * D].view(T, H + KV, D), cos, sin)
     write_kv(expected, qk[:, H:], qkv[:, (H + KV) * D :].view(T, KV, D), slots)
-    assert torch.equal(q, qk[:, :H])  # the same roundings in the same order
-    assert torch.equal(cache, expected)
+    if dtype == torch.bfloat16:  # each product rounded to bf16 as the PyTorch path does: bit-identical
+        assert torch.equal(q, qk[:, :H])
+        assert torch.equal(cache, expected)
+    else:  # float32: the compiler may fuse a product into the add (one rounding fewer)
+        torch.testing.assert_close(q, qk[:, :H], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(cache, expected, atol=1e-6, rtol=1e-6)
