@@ -58,28 +58,29 @@ class BeamSearch:
         """Advance every beam search with beams among `seqs` (the rows of the (B, V) float32 `logits`)."""
         row = {id(s): i for i, s in enumerate(seqs)}
         groups = list({id(s.beam): s.beam for s in seqs if s.beam is not None}.values())
-        picked = []
-        for group in groups:  # all on the device, then one transfer to the host
+        assert sum(len(g.beams) for g in groups) == sum(s.beam is not None for s in seqs), "all beams step together"
+        buckets: dict[tuple[int, int], list[BeamGroup]] = {}  # searches of equal shape share one set of kernels
+        for group in groups:
             params = group.root.request.sampling
-            rows = torch.tensor([row[id(b)] for b in group.beams], device=logits.device)
-            assert len(rows) == sum(s.beam is group for s in seqs), "a beam search steps with all its beams"
-            logp = torch.log_softmax(logits[rows].float(), dim=-1)  # (beams, V)
-            cum = torch.tensor([b.score for b in group.beams], dtype=torch.float32, device=logits.device)
-            scores = (logp + cum[:, None]).view(-1)
-            k = min(max(2, 1 + len(params.stop_token_ids)) * params.num_beams, scores.numel())
-            values, index = torch.topk(scores, k)
-            length = len(group.beams[0].generated) + 1
-            scaled = values / (length**params.length_penalty)  # as transformers divides: float32 by a Python float
-            picked.append(torch.stack([values.double(), index.double(), scaled.double()]))  # exact in float64
-        flat = torch.cat(picked, dim=1).tolist() if picked else [[], [], []]
-        outputs, at = [], 0
-        for group, p in zip(groups, picked):
-            k = p.shape[1]
-            cands = [(v, int(i), pen) for v, i, pen in zip(*(f[at : at + k] for f in flat))]
-            at += k
-            out = self._advance(group, cands, logits.shape[-1], prefill, now)
-            if out is not None:
-                outputs.append(out)
+            k = min(max(2, 1 + len(params.stop_token_ids)) * params.num_beams, len(group.beams) * logits.shape[-1])
+            buckets.setdefault((len(group.beams), k), []).append(group)
+        device, picked = logits.device, []
+        for (n, k), bucket in buckets.items():
+            rows = torch.tensor([row[id(b)] for g in bucket for b in g.beams], device=device)
+            logp = torch.log_softmax(logits[rows].float(), dim=-1).view(len(bucket), n, -1)  # (G, beams, V)
+            cum = torch.tensor([[b.score for b in g.beams] for g in bucket], dtype=torch.float32, device=device)
+            values, index = torch.topk((logp + cum[..., None]).view(len(bucket), -1), k)  # (G, k)
+            # Hypothesis scores as transformers computes them: float32 divided by (new tokens) ** length_penalty.
+            denom = [(len(g.beams[0].generated) + 1) ** g.root.request.sampling.length_penalty for g in bucket]
+            scaled = values / torch.tensor(denom, dtype=torch.float32, device=device)[:, None]
+            picked.append(torch.stack([values.double(), index.double(), scaled.double()], 1))  # (G, 3, k), exact
+        host = [p.tolist() for p in picked]  # one transfer per bucket
+        outputs = []
+        for bucket, rows in zip(buckets.values(), host):
+            for group, (values, index, scaled) in zip(bucket, rows):
+                out = self._advance(group, list(zip(values, map(int, index), scaled)), logits.shape[-1], prefill, now)
+                if out is not None:
+                    outputs.append(out)
         return outputs
 
     def _advance(
