@@ -91,7 +91,7 @@ class Scheduler:
         assert self.running, "schedule() called with no work, or a waiting request larger than the cache"
         copies: list[tuple[int, int]] = []
         for seq in list(self.running):  # room for the token each running sequence writes this step
-            if seq in self.running:  # else preempted for an earlier one: it must neither take blocks nor preempt
+            if seq.blocks:  # else preempted for an earlier one: it must neither take blocks nor preempt
                 self._make_room(seq, copies)
         return Batch(list(self.running), prefill=False, copies=tuple(copies))
 
@@ -186,13 +186,13 @@ class Scheduler:
     def replace(self, old: list[Sequence], new: list[Sequence]) -> None:
         """A beam step: running sequences `old` give way to `new` (some of them, and forks of them); the blocks of
         those left out are released."""
-        at = self.running.index(old[0])
+        at = self.running.index(old[0])  # a request's beams run side by side: admitted and replaced together
+        assert all(a is b for a, b in zip(self.running[at : at + len(old)], old))
+        self.running[at : at + len(old)] = new
         kept = set(map(id, new))
         for seq in old:
-            self.running.remove(seq)
             if id(seq) not in kept:
                 self._release(seq)
-        self.running[at:at] = new
 
     def abort(self, seq: Sequence) -> None:
         """Drop a request its caller gave up on, wherever its sequences are; their blocks are freed."""
