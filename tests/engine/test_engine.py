@@ -338,7 +338,9 @@ def test_repetition_penalty_follows_transformers():
 
 @pytest.mark.parametrize("bad", [
     dict(max_new_tokens=0), dict(temperature=-0.1), dict(temperature=float("nan")), dict(top_p=0.0),
-    dict(top_p=1.5), dict(top_p=float("nan")), dict(top_k=-1), dict(repetition_penalty=0.0),
+    dict(top_p=1.5), dict(top_p=float("nan")), dict(top_k=-1),
+    dict(num_beams=0), dict(num_beams=2, temperature=0.7), dict(num_beams=3, repetition_penalty=1.2),
+    dict(length_penalty=float("nan")), dict(repetition_penalty=0.0),
 ])
 def test_sampling_params_reject_bad_values(bad):
     with pytest.raises(ValueError):

@@ -65,6 +65,9 @@ def test_prefix_hits_give_the_same_logits_and_answers_in_mixed_batches(model, mo
     assert [hit[r.request_id].cached_tokens for r in second] == expected
     assert [miss[r.request_id].cached_tokens for r in second] == [0] * 5
     assert (hit_images, miss_images) == (2, 3), "an image wholly cached is not encoded again"
+    for r in second:  # a hit's timings: admitted, then prefill (of the rest) before the first token
+        t = hit[r.request_id].timings
+        assert 0 < t.queued < t.first_token and 0 < t.prefill <= t.first_token - t.queued + 1e-9
     for r in first + second:
         assert hit[r.request_id].token_ids == miss[r.request_id].token_ids == reference_generate(model, r)
         a, b = hit_logits[r.request_id], miss_logits[r.request_id]
