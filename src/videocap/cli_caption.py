@@ -44,7 +44,7 @@ examples:
 
 
 def add_caption_commands(commands) -> None:
-    from videocap.cli import _positive_float, _positive_int, _seconds  # here: cli.py imports this module
+    from videocap.cli import _cosine, _positive_float, _positive_int, _seconds  # here: cli.py imports this module
     caption = commands.add_parser(
         "caption", help="caption videos: fast (one request) or slide (frame by frame, then a summary)",
         description="Caption each VIDEO with the model. Text output prints each caption; --json prints one JSON "
@@ -69,7 +69,7 @@ def add_caption_commands(commands) -> None:
     caption.add_argument("--keyframe-model", default=None, metavar="MODEL",
                          help="CLIP checkpoint for --frames keyframes (default: openai/clip-vit-large-patch14-336, "
                          "which ships pickled weights only: add --allow-pickle)")
-    caption.add_argument("--keyframe-threshold", type=float, default=0.93, metavar="T",
+    caption.add_argument("--keyframe-threshold", type=_cosine, default=0.93, metavar="T",
                          help="a candidate less similar than T to the last keyframe becomes one (default: 0.93)")
     caption.add_argument("--keyframe-interval", type=_positive_float, default=2.0, metavar="S",
                          help="seconds between keyframe candidates (default: 2)")

@@ -194,6 +194,6 @@ def test_summary_that_cannot_shrink_is_refused(llama3, tiny_cfg, h264):
                                         slide_options(session, max_new_tokens=4))])
 
 
-def test_hierarchical_summary_on_the_tiny_model(tiny_captioner, h264):
-    result = tiny_captioner.caption(str(h264), "slide", seconds=0.5, max_new_tokens=6, context_limit=300)
+def test_hierarchical_summary_on_the_tiny_model(tiny_base_captioner, h264):
+    result = tiny_base_captioner.caption(str(h264), "slide", seconds=0.5, max_new_tokens=6, context_limit=300)
     assert result.summary_levels >= 2 and len(result.segments) == 8

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from videocap.engine.request import SamplingParams
+from videocap.errors import CorruptVideoError
 from videocap.tasks.driver import Ask, TaskGen, Usage
 from videocap.tasks.family import Family
 from videocap.tasks.plan import VideoPlan
@@ -69,7 +70,8 @@ def slide_task(plan: VideoPlan, family: Family, options: SlideOptions) -> TaskGe
     try:
         frames = reader.iter_frames(plan.timestamps, plan.seek, plan.max_side)
         prev = _next(frames, held, usage)
-        assert prev is not None, "a plan has at least one frame"
+        if prev is None:  # a damaged file read with allow_partial can lose every planned frame
+            raise CorruptVideoError(plan.path, "no frame of the plan could be decoded")
         image = family.frame(prev.image)
         [reply] = yield [Ask(first_text(family, options, prev.timestamp), image, family.prompts.first_preamble,
                              options.sampling)]
