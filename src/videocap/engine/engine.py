@@ -33,7 +33,7 @@ class Engine:
         prompt)."""
         self.runner = ModelRunner(
             model, block_size=block_size, gpu_memory_fraction=gpu_memory_fraction, max_cache_tokens=max_cache_tokens,
-            eager=eager, max_num_seqs=max_num_seqs,
+            eager=eager, max_num_seqs=max_num_seqs, max_prefill_tokens=max_prefill_tokens,
         )
         self.runner.allocator.prefix_caching = prefix_caching
         self.scheduler = Scheduler(self.runner.allocator, block_size, max_prefill_tokens, max_num_seqs)

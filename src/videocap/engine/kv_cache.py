@@ -118,14 +118,16 @@ def blocks_needed(tokens: int, block_size: int) -> int:
 
 
 def num_blocks_for(
-    device: torch.device, bytes_per_block: int, *, gpu_memory_fraction: float, max_tokens: int | None, block_size: int
+    device: torch.device, bytes_per_block: int, *, gpu_memory_fraction: float, max_tokens: int | None, block_size: int,
+    reserve_bytes: int = 0,
 ) -> int:
-    """Blocks that fit: `max_tokens` when given; on CUDA otherwise `gpu_memory_fraction` of the free memory."""
+    """Blocks that fit: `max_tokens` when given; on CUDA otherwise `gpu_memory_fraction` of the free memory less
+    `reserve_bytes` (what the largest prefill step needs for its activations)."""
     if max_tokens is not None:
         return blocks_needed(max_tokens, block_size) + 1
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return max(1, int(free * gpu_memory_fraction) // bytes_per_block)
+        return max(1, (int(free * gpu_memory_fraction) - reserve_bytes) // bytes_per_block)
     return blocks_needed(32768, block_size) + 1  # CPU default: room for a few long prompts
 
 

@@ -24,7 +24,7 @@ from videocap.models.layers.attention import AttnMetadata
 class ModelRunner:
     def __init__(
         self, model, *, block_size: int = 16, gpu_memory_fraction: float = 0.9, max_cache_tokens: int | None = None,
-        eager: bool = False, max_num_seqs: int = 256, paged_kernel: bool | None = None,
+        eager: bool = False, max_num_seqs: int = 256, paged_kernel: bool | None = None, max_prefill_tokens: int = 16384,
     ):
         self.model = model
         param = next(model.parameters())
@@ -32,9 +32,12 @@ class ModelRunner:
         self.block_size = block_size
         layers, self.kv_heads, head_dim = model.kv_spec()
         bytes_per_block = 2 * layers * block_size * self.kv_heads * head_dim * param.element_size()
+        reserve = 0
+        if self.device.type == "cuda" and max_cache_tokens is None:
+            reserve = self.measure_activations(max_prefill_tokens)
         num_blocks = num_blocks_for(
             self.device, bytes_per_block, gpu_memory_fraction=gpu_memory_fraction, max_tokens=max_cache_tokens,
-            block_size=block_size,
+            block_size=block_size, reserve_bytes=reserve,
         )
         # One block more than the allocator hands out: the scratch block that padding rows of a graph write to.
         self.kv_caches = allocate_kv_cache(layers, num_blocks + 1, block_size, self.kv_heads, head_dim, self.device,
@@ -50,6 +53,41 @@ class ModelRunner:
                 model, self.kv_caches, block_size=block_size, max_batch=max_num_seqs,
                 max_blocks=-(-self.max_len // block_size) + 1, scratch_block=num_blocks, kv_heads=self.kv_heads,
             )
+
+    @torch.inference_mode()
+    def measure_activations(self, tokens: int) -> int:
+        """Peak memory of the largest step the scheduler may run — a prefill of `tokens` prompt tokens (8 sequences,
+        through a scratch cache) and the vision encoder over as many tiles as those prompts could hold — so that
+        the KV cache leaves room for it."""
+        layers, kv_heads, head_dim = self.model.kv_spec()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        seqs = 8
+        per_seq = -(-tokens // seqs)
+        blocks = seqs * -(-per_seq // self.block_size)
+        caches = allocate_kv_cache(layers, blocks, self.block_size, kv_heads, head_dim, self.device, self.dtype)
+        cache_bytes = sum(c.numel() * c.element_size() for c in caches)
+        n = per_seq * seqs
+        tables = torch.arange(blocks, device=self.device).view(seqs, -1)
+        meta = AttnMetadata(
+            query_lens=(per_seq,) * seqs, context_lens=torch.full((seqs,), per_seq, device=self.device),
+            slot_mapping=torch.arange(n, device=self.device), block_tables=tables, block_size=self.block_size,
+            max_context_len=per_seq, context_lens_host=(per_seq,) * seqs,
+        )
+        hidden = self.model(torch.zeros(n, dtype=torch.long, device=self.device),
+                            torch.arange(per_seq, device=self.device).repeat(seqs), meta, caches)
+        self.model.compute_logits(hidden[:seqs])
+        del hidden, caches
+        size = getattr(getattr(getattr(self.model, "cfg", None), "vision", None), "image_size", None)
+        if size is not None and hasattr(self.model, "encode_images"):
+            tiles = -(-tokens // 256)  # generous: a tile yields 300-600 tokens after merging
+            pixels = torch.zeros(tiles, 3, size, size, device=self.device, dtype=self.dtype)
+            self.model.encode_images(pixels, [None] * tiles)
+            del pixels
+        peak = torch.cuda.max_memory_allocated(self.device) - before - cache_bytes
+        torch.cuda.empty_cache()
+        return int(peak * 1.2) + (256 << 20)  # and some slack for fragmentation, graphs, sampling
 
     @property
     def cache_tokens(self) -> int:
