@@ -216,6 +216,24 @@ def test_load_from_the_hub_then_offline_from_the_cache(clip_dir, h264, monkeypat
     assert again.select(h264) [0] == 0.0
 
 
+def test_a_saved_clip_vision_model_loads_too(clip_dir, tmp_path, h264):
+    """transformers 5 saves a CLIPVisionModel without the `vision_model.` prefix."""
+    from transformers import CLIPVisionModel
+
+    loaded = CLIPVisionModel.from_pretrained(clip_dir)
+    oracle = CLIPVisionModel(loaded.config).eval()  # a model built afresh saves its own names, not the loaded ones
+    oracle.load_state_dict(loaded.state_dict())
+    oracle.save_pretrained(tmp_path / "vision")
+    assert not any(k.startswith("vision_model.") for k in load_file(tmp_path / "vision" / "model.safetensors"))
+    (tmp_path / "vision" / "preprocessor_config.json").write_bytes((clip_dir / "preprocessor_config.json").read_bytes())
+    with VideoReader(h264) as reader:
+        frames = [f.image for f in reader.read([0.5, 3.5])]
+    ours = KeyframeSelector.load(tmp_path / "vision", device="cpu", progress=False).embed(frames)
+    with torch.no_grad():
+        theirs = oracle(pixel_values=preprocess(frames, load_clip_config(clip_dir)[1])).last_hidden_state[:, 0]
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
 def test_pickle_only_checkpoint_needs_allow_pickle(clip_dir, tmp_path, h264, monkeypatch):
     """openai/clip-vit-large-patch14-336 publishes only pytorch_model.bin: refused with a way out, then loaded."""
     hub = point_hf_at(FakeHub({REPO: {"main": pickled(clip_dir)}}).start(), monkeypatch)

@@ -32,8 +32,10 @@ from videocap.weights.loader import KeyMap, build_on_meta, load_weights
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-# transformers' CLIPModel and CLIPVisionModel both store the tower under `vision_model.`.
+# transformers' CLIPModel (and 4.x CLIPVisionModel) store the tower under `vision_model.`; transformers 5 saves a
+# CLIPVisionModel without that prefix.
 CLIP_LAYOUT = KeyMap(name="CLIP (vision_model.*)", rules=(("vision_model.", ""),))
+BARE_LAYOUT = KeyMap(name="CLIP vision tower (transformers 5 CLIPVisionModel)", rules=(("", ""),))
 NOT_VISION = ("text_model.", "visual_projection.", "text_projection.", "logit_scale")
 DERIVED = ("position_ids",)  # buffers older transformers saved with the weights
 
@@ -141,11 +143,15 @@ def load_clip_vision(
     vision, pre = load_clip_config(model_dir)
     model = build_on_meta(lambda: ClipVisionTransformer(vision), device, dtype)
     load_weights(
-        model, Path(model_dir), lambda keys: CLIP_LAYOUT,
+        model, Path(model_dir), pick_layout,
         ignore=lambda key: key.startswith(NOT_VISION) or key.endswith(DERIVED),
         allow_pickle=allow_pickle, progress=progress,
     )
     return model.eval(), pre
+
+
+def pick_layout(keys: list[str]) -> KeyMap:
+    return CLIP_LAYOUT if any(k.startswith("vision_model.") for k in keys) else BARE_LAYOUT
 
 
 def _read_json(path: Path) -> dict[str, Any]:
