@@ -109,12 +109,12 @@ def test_fused_decode_kernels_match_the_pytorch_layers(dtype):
     cos, sin = Rotary(D, 500000.0).cos_sin(torch.tensor([0, 7, 100, 2047, 8000], device="cuda"), dtype)
     cache, expected = (torch.zeros(2, 12, 16, KV, D, device="cuda", dtype=dtype) for _ in range(2))
     slots = torch.tensor([0, 17, 33, 100, 191], device="cuda")
-    q = fused.rope_and_cache(qkv, cos, sin, cache, slots, H, KV)
+    q, k = fused.rope_and_cache(qkv, cos, sin, cache, slots, H, KV, keys=True)
+    assert fused.rope_and_cache(qkv, cos, sin, cache, slots, H, KV)[1] is None
     qk = Rotary.apply(qkv[:, : (H + KV) * D].view(T, H + KV, D), cos, sin)
     write_kv(expected, qk[:, H:], qkv[:, (H + KV) * D :].view(T, KV, D), slots)
-    if dtype == torch.bfloat16:  # each product rounded to bf16 as the PyTorch path does: bit-identical
-        assert torch.equal(q, qk[:, :H])
-        assert torch.equal(cache, expected)
-    else:  # float32: the compiler may fuse a product into the add (one rounding fewer)
-        torch.testing.assert_close(q, qk[:, :H], atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(cache, expected, atol=1e-6, rtol=1e-6)
+    for ours, theirs in ((q, qk[:, :H]), (k, qk[:, H:]), (cache, expected)):
+        if dtype == torch.bfloat16:  # each product rounded to bf16 as the PyTorch path does: bit-identical
+            assert torch.equal(ours, theirs)
+        else:  # float32: the compiler may fuse a product into the add (one rounding fewer)
+            torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-6)

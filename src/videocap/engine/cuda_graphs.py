@@ -25,16 +25,19 @@ class DecodeGraphs:
                  scratch_block: int, kv_heads: int):
         self.model, self.kv_caches = model, kv_caches
         self.block_size, self.kv_heads = block_size, kv_heads
-        self.scratch_slot = scratch_block * block_size
+        self.scratch_slot = scratch_block * block_size  # padding rows write here and read one token of it
         self.scratch_block = scratch_block
         self.buckets = [b for b in BUCKETS if b < max_batch] + [max_batch]
         self.max_batch, self.max_blocks = max_batch, max_blocks
         device = kv_caches[0].device
-        self.ids = torch.zeros(max_batch, dtype=torch.long, device=device)
-        self.positions = torch.zeros(max_batch, dtype=torch.long, device=device)
-        self.slots = torch.full((max_batch,), self.scratch_slot, dtype=torch.long, device=device)
-        self.lens = torch.ones(max_batch, dtype=torch.int32, device=device)
-        self.tables = torch.full((max_batch, max_blocks), scratch_block, dtype=torch.int32, device=device)
+        # All per-step inputs travel in one copy from pinned host memory: rows ids, positions, slots, lengths.
+        self.host = torch.zeros(4, max_batch, dtype=torch.long, pin_memory=True)
+        self.host_tables = torch.zeros(max_batch, max_blocks, dtype=torch.int32, pin_memory=True)
+        self.copied = torch.cuda.Event()  # the host buffers may be rewritten once the last copy has read them
+        self.copied.record()
+        self.packed = torch.zeros(4, max_batch, dtype=torch.long, device=device)
+        self.ids, self.positions, self.slots, self.lens = self.packed
+        self.tables = torch.zeros(max_batch, max_blocks, dtype=torch.int32, device=device)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = None
 
@@ -47,29 +50,27 @@ class DecodeGraphs:
         valid until the next replay)."""
         B, width = tables.shape
         bucket = self.bucket(B)
-        self._fill(self.ids, ids, 0)
-        self._fill(self.positions, positions, 0)
-        self._fill(self.slots, slots, self.scratch_slot)
-        self._fill(self.lens, lens, 1)
-        self.tables[:B, :width].copy_(torch.from_numpy(tables))
-        if B < bucket:
-            self.tables[B:bucket, 0] = self.scratch_block
+        self.copied.synchronize()
+        host = self.host.numpy()
+        host[:, :B] = (ids, positions, slots, lens)
+        host[:, B:bucket] = np.array([[0], [0], [self.scratch_slot], [1]])  # padding rows: one scratch token
+        host_tables = self.host_tables.numpy()
+        host_tables[:B, :width] = tables
+        host_tables[B:bucket, 0] = self.scratch_block
+        self.packed[:, :bucket].copy_(self.host[:, :bucket], non_blocking=True)
+        self.tables[:bucket].copy_(self.host_tables[:bucket], non_blocking=True)
+        self.copied.record()
         if bucket not in self.graphs:
             self.capture(bucket)
         graph, out = self.graphs[bucket]
         graph.replay()
         return out[:B]
 
-    def _fill(self, buffer: torch.Tensor, values: np.ndarray, pad) -> None:
-        n = len(values)
-        buffer[:n].copy_(torch.from_numpy(values))
-        buffer[n:].fill_(pad)
-
     def metadata(self, bucket: int) -> AttnMetadata:
         return AttnMetadata(
             query_lens=(1,) * bucket, context_lens=self.lens[:bucket], slot_mapping=self.slots[:bucket],
             block_tables=self.tables[:bucket], block_size=self.block_size,
-            paged_splits=paged_attention.num_splits(bucket, self.kv_heads, self.ids.device),
+            paged_splits=paged_attention.num_splits(bucket, self.kv_heads, self.ids.device), fused=True,
         )
 
     def forward(self, bucket: int, meta: AttnMetadata) -> torch.Tensor:

@@ -32,6 +32,9 @@ class ModelRunner:
         self.block_size = block_size
         layers, self.kv_heads, head_dim = model.kv_spec()
         bytes_per_block = 2 * layers * block_size * self.kv_heads * head_dim * param.element_size()
+        if paged_kernel is None:
+            paged_kernel = self.device.type == "cuda" and paged_attention.available() and paged_attention.supports(head_dim)
+        self.paged_kernel = paged_kernel  # and the fused element-wise kernels with it
         reserve = 0
         if self.device.type == "cuda" and max_cache_tokens is None:
             reserve = self.measure_activations(max_prefill_tokens)
@@ -43,9 +46,6 @@ class ModelRunner:
         self.kv_caches = allocate_kv_cache(layers, num_blocks + 1, block_size, self.kv_heads, head_dim, self.device,
                                            self.dtype)
         self.allocator = BlockAllocator(num_blocks)
-        if paged_kernel is None:
-            paged_kernel = self.device.type == "cuda" and paged_attention.available() and paged_attention.supports(head_dim)
-        self.paged_kernel = paged_kernel
         self.max_len = min(model.max_context(), self.cache_tokens)
         self.graphs = None
         if self.paged_kernel and not eager:
@@ -73,7 +73,7 @@ class ModelRunner:
         meta = AttnMetadata(
             query_lens=(per_seq,) * seqs, context_lens=torch.full((seqs,), per_seq, device=self.device),
             slot_mapping=torch.arange(n, device=self.device), block_tables=tables, block_size=self.block_size,
-            max_context_len=per_seq, context_lens_host=(per_seq,) * seqs,
+            max_context_len=per_seq, context_lens_host=(per_seq,) * seqs, fused=self.paged_kernel,
         )
         hidden = self.model(torch.zeros(n, dtype=torch.long, device=self.device),
                             torch.arange(per_seq, device=self.device).repeat(seqs), meta, caches)
@@ -121,7 +121,7 @@ class ModelRunner:
         meta = AttnMetadata(
             query_lens=tuple(q_lens), context_lens=self.tensor(context), slot_mapping=self.tensor(np.concatenate(slots)),
             block_tables=self.tensor(self.block_tables(seqs)), block_size=self.block_size,
-            max_context_len=max(context), context_lens_host=tuple(context),
+            max_context_len=max(context), context_lens_host=tuple(context), fused=self.paged_kernel,
         )
         embeds = mask_t = None
         if any(image_mask):
@@ -144,6 +144,7 @@ class ModelRunner:
             block_tables=self.tensor(tables), block_size=self.block_size, max_context_len=int(lens.max()),
             context_lens_host=tuple(lens.tolist()),
             paged_splits=paged_attention.num_splits(len(seqs), self.kv_heads, self.device) if self.paged_kernel else 0,
+            fused=self.paged_kernel,
         )
         hidden = self.model(self.tensor(ids), self.tensor(positions), meta, self.kv_caches)
         return self.model.compute_logits(hidden)

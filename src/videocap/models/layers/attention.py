@@ -41,6 +41,7 @@ class AttnMetadata:
     max_context_len: int | None = None  # max(context_lens) known on the host: saves a device sync per layer
     context_lens_host: tuple[int, ...] | None = None  # the same on the host, when the runner knows them
     paged_splits: int = 0  # > 0: decode with the Triton paged kernel, the context split across this many programs
+    fused: bool = False  # the Triton element-wise kernels of fused.py (CUDA)
 
     @property
     def fresh_prefill(self) -> bool:
@@ -165,14 +166,12 @@ class SelfAttention(nn.Module):
     ) -> torch.Tensor:
         T, H, KV, D = x.shape[0], self.heads, self.kv_heads, self.head_dim
         qkv = self.qkv_proj(x)  # (T, (H + 2 KV) * D)
-        if meta.paged_splits:  # CUDA decode: rotary and the cache write in one kernel, then the paged kernel
-            q = fused.rope_and_cache(qkv, *cos_sin, cache, meta.slot_mapping, H, KV)
-            out = paged_attention.paged_decode(q, cache, meta.block_tables, meta.context_lens, D**-0.5,
-                                               meta.paged_splits)
-            return self.o_proj(out.reshape(T, H * D))
-        qk = Rotary.apply(qkv[:, : (H + KV) * D].view(T, H + KV, D), *cos_sin)  # q and k rotated in one pass
-        q, k = qk[:, :H], qk[:, H:]
         v = qkv[:, (H + KV) * D :].view(T, KV, D)
-        write_kv(cache, k, v, meta.slot_mapping)
-        out = attention(q, k, v, cache, meta, self.head_dim**-0.5)
+        if meta.fused:  # rotary and the cache write in one kernel; the keys come back only where attention reads them
+            q, k = fused.rope_and_cache(qkv, *cos_sin, cache, meta.slot_mapping, H, KV, keys=meta.fresh_prefill)
+        else:
+            qk = Rotary.apply(qkv[:, : (H + KV) * D].view(T, H + KV, D), *cos_sin)  # q and k rotated in one pass
+            q, k = qk[:, :H], qk[:, H:]
+            write_kv(cache, k, v, meta.slot_mapping)
+        out = attention(q, k, v, cache, meta, D**-0.5)
         return self.o_proj(out.reshape(T, self.heads * self.head_dim))

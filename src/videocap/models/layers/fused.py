@@ -10,7 +10,8 @@ cache write, SiLU), each costing a few microseconds of launch and latency — a 
   returned;
 - `silu_mul`: silu(gate) * up from the fused gate/up projection.
 Rounding points match the PyTorch path of norm.py / rope.py / mlp.py; only the order of float32 sums may differ.
-Used where the runner asks for the paged decode kernel (AttnMetadata.paged_splits); other paths stay PyTorch.
+Used where the runner asks for them (AttnMetadata.fused: on CUDA with Triton), in prefill as in decode, where
+they also save a quarter of a prefill's time; on CPU the PyTorch path runs.
 """
 
 from __future__ import annotations
@@ -50,18 +51,19 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 def rope_and_cache(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: torch.Tensor, slots: torch.Tensor, heads: int,
-    kv_heads: int,
-) -> torch.Tensor:
-    """qkv (T, (H + 2 KV) * D) → rotated q (T, H, D); rotated k and v stored at `slots` of the
-    (2, blocks, block_size, KV, D) cache."""
+    kv_heads: int, keys: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """qkv (T, (H + 2 KV) * D) → (rotated q (T, H, D), rotated k (T, KV, D) if `keys` else None); rotated k and v
+    are stored at `slots` of the (2, blocks, block_size, KV, D) cache."""
     T = qkv.shape[0]
     D = cos.shape[-1]
     q = torch.empty(T, heads, D, device=qkv.device, dtype=qkv.dtype)
+    k = torch.empty(T, kv_heads, D, device=qkv.device, dtype=qkv.dtype) if keys else q
     _rope_cache_kernel[(T, heads + 2 * kv_heads)](
-        qkv, cos, sin, cache, slots, q, qkv.stride(0), cos.stride(0), cache.stride(0), cache.stride(-2),
-        HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=D, num_warps=1,
+        qkv, cos, sin, cache, slots, q, k, qkv.stride(0), cos.stride(0), cache.stride(0), cache.stride(-2),
+        HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=D, KEYS=keys, num_warps=1,
     )
-    return q
+    return q, (k if keys else None)
 
 
 if triton is not None:
@@ -93,9 +95,9 @@ if triton is not None:
         tl.store(out_ptr + row * F + f, (act.to(tl.float32) * up.to(tl.float32)).to(gate.dtype), mask=mask)
 
     @triton.jit
-    def _rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, cache_ptr, slots_ptr, q_ptr, stride_t, stride_cs,
+    def _rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, cache_ptr, slots_ptr, q_ptr, k_ptr, stride_t, stride_cs,
                            stride_kv, stride_slot_head, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
-                           HEAD_DIM: tl.constexpr):
+                           HEAD_DIM: tl.constexpr, KEYS: tl.constexpr):
         t = tl.program_id(0).to(tl.int64)
         head = tl.program_id(1)
         half = tl.arange(0, HEAD_DIM // 2)
@@ -122,3 +124,9 @@ if triton is not None:
             dst = cache_ptr + which * stride_kv + slot * (KV_HEADS * stride_slot_head) + kv_head * stride_slot_head
         tl.store(dst + half, y1)
         tl.store(dst + HEAD_DIM // 2 + half, y2)
+        if KEYS:  # a prefill attends over its own keys directly
+            if head >= HEADS:
+                if head < HEADS + KV_HEADS:
+                    key = k_ptr + (t * KV_HEADS + head - HEADS) * HEAD_DIM
+                    tl.store(key + half, y1)
+                    tl.store(key + HEAD_DIM // 2 + half, y2)

@@ -70,7 +70,7 @@ class LlamaDecoder(nn.Module):
         """(T, hidden) input embeddings of the packed new tokens → (T, hidden) final hidden states."""
         assert len(kv_caches) == len(self.layers), "one KV cache per layer"
         cos_sin = self.rotary.cos_sin(positions, embeds.dtype)
-        if meta.paged_splits:  # a CUDA decode step: the same arithmetic in fewer kernels
+        if meta.fused:  # on CUDA: the same arithmetic in fewer kernels
             return self.forward_fused(embeds, cos_sin, meta, kv_caches)
         x = embeds
         for layer, cache in zip(self.layers, kv_caches):
