@@ -45,9 +45,9 @@ class DecodeGraphs:
         return next(b for b in self.buckets if b >= batch)
 
     def run(self, ids: np.ndarray, positions: np.ndarray, slots: np.ndarray, lens: np.ndarray,
-            tables: np.ndarray) -> torch.Tensor:
+            tables: np.ndarray, device_ids: torch.Tensor | None = None) -> torch.Tensor:
         """One decode step of len(ids) <= max_batch sequences → (B, vocab) logits (a view of the graph's output:
-        valid until the next replay)."""
+        valid until the next replay). `device_ids`, when given, replace `ids` (tokens still on the device)."""
         B, width = tables.shape
         bucket = self.bucket(B)
         self.copied.synchronize()
@@ -60,6 +60,8 @@ class DecodeGraphs:
         self.packed[:, :bucket].copy_(self.host[:, :bucket], non_blocking=True)
         self.tables[:bucket].copy_(self.host_tables[:bucket], non_blocking=True)
         self.copied.record()
+        if device_ids is not None:
+            self.ids[:B].copy_(device_ids)
         if bucket not in self.graphs:
             self.capture(bucket)
         graph, out = self.graphs[bucket]

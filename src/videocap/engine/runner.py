@@ -94,11 +94,12 @@ class ModelRunner:
         return self.allocator.num_blocks * self.block_size
 
     @torch.inference_mode()
-    def run(self, batch: Batch) -> torch.Tensor:
-        """One step: (B, vocab) float32 logits at each sequence's last new token."""
+    def run(self, batch: Batch, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """One step: (B, vocab) float32 logits at each sequence's last new token. A decode step may take its input
+        ids as a device tensor (`ids`, the tokens just sampled, not yet known on the host)."""
         if batch.copies:
             self.copy_blocks(batch.copies)
-        logits = self.prefill(batch.seqs) if batch.prefill else self.decode(batch.seqs)
+        logits = self.prefill(batch.seqs) if batch.prefill else self.decode(batch.seqs, ids)
         for seq in batch.seqs:
             seq.num_cached = len(seq.tokens)
         return logits.float()
@@ -131,14 +132,16 @@ class ModelRunner:
         last = torch.tensor(np.cumsum(q_lens) - 1, device=self.device)
         return self.model.compute_logits(hidden[last])
 
-    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
+    def decode(self, seqs: list[Sequence], device_ids: torch.Tensor | None = None) -> torch.Tensor:
         lens = np.fromiter((len(s.tokens) for s in seqs), dtype=np.int64, count=len(seqs))
         ids = np.fromiter((s.tokens[-1] for s in seqs), dtype=np.int64, count=len(seqs))
+        if device_ids is not None:
+            ids[:] = 0  # placeholders on the host; the device tensor replaces them
         positions = lens - 1
         tables = self.block_tables(seqs)
         slots = tables[np.arange(len(seqs)), positions // self.block_size] * self.block_size + positions % self.block_size
         if self.graphs is not None and len(seqs) <= self.graphs.max_batch:
-            return self.graphs.run(ids, positions, slots, lens.astype(np.int32), tables.astype(np.int32))
+            return self.graphs.run(ids, positions, slots, lens.astype(np.int32), tables.astype(np.int32), device_ids)
         meta = AttnMetadata(
             query_lens=(1,) * len(seqs), context_lens=self.tensor(lens), slot_mapping=self.tensor(slots),
             block_tables=self.tensor(tables), block_size=self.block_size, max_context_len=int(lens.max()),
@@ -146,7 +149,8 @@ class ModelRunner:
             paged_splits=paged_attention.num_splits(len(seqs), self.kv_heads, self.device) if self.paged_kernel else 0,
             fused=self.paged_kernel,
         )
-        hidden = self.model(self.tensor(ids), self.tensor(positions), meta, self.kv_caches)
+        ids_t = device_ids if device_ids is not None else self.tensor(ids)
+        hidden = self.model(ids_t, self.tensor(positions), meta, self.kv_caches)
         return self.model.compute_logits(hidden)
 
     def copy_blocks(self, pairs: tuple[tuple[int, int], ...]) -> None:

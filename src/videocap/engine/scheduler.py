@@ -158,6 +158,17 @@ class Scheduler:
             self.allocator.release([seq.blocks[i]])
             seq.blocks[i] = block
 
+    def room_without_preempting(self, seq: Sequence, position: int) -> bool:
+        """Make sure the block holding `position` of `seq` is present and `seq`'s own, taking a free block if
+        needed; False (nothing taken) when that would need a preemption or a copy (look-ahead steps do neither)."""
+        i = position // self.block_size
+        if i < len(seq.blocks):
+            return self.allocator.refs[seq.blocks[i]] == 1
+        if i > len(seq.blocks) or not self.allocator.can_allocate(1):
+            return False
+        seq.blocks += self.allocator.allocate(1)
+        return True
+
     def preempt_newest(self, but: Sequence) -> Sequence | None:
         """Free the blocks of the most recently admitted other request (all its beams); it waits at the front to be
         recomputed."""
