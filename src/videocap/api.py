@@ -126,8 +126,14 @@ def load(
     progress: bool = True,
     max_cache_tokens: int | None = None,
     gpu_memory_fraction: float = 0.9,
+    eager: bool = False,
 ) -> Captioner:
-    """Load `model` (Hub id[@revision], alias such as "sharegpt4video-8b", or a local checkpoint directory)."""
+    """Load `model` (Hub id[@revision], alias such as "sharegpt4video-8b", or a local checkpoint directory).
+
+    Engine settings: on CUDA the KV cache takes `gpu_memory_fraction` of the free GPU memory (less what the largest
+    prefill step needs), or `max_cache_tokens` tokens; `eager` turns CUDA graphs (and look-ahead decoding) off."""
+    if not 0 < gpu_memory_fraction <= 1:
+        raise DeviceError(f"gpu_memory_fraction must be in (0, 1], got {gpu_memory_fraction}")
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     try:
@@ -151,7 +157,7 @@ def load(
         net = load_llava_next(model_dir, device=dev, dtype=dt, allow_pickle=allow_pickle, progress=bar.update)
     if max_cache_tokens is None and dev.type != "cuda":
         max_cache_tokens = net.max_context()
-    engine = Engine(net, max_cache_tokens=max_cache_tokens, gpu_memory_fraction=gpu_memory_fraction)
+    engine = Engine(net, max_cache_tokens=max_cache_tokens, gpu_memory_fraction=gpu_memory_fraction, eager=eager)
     return Captioner(net, LlavaNextProcessor(cfg, tokenizer, view), engine, model)
 
 

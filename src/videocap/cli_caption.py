@@ -8,7 +8,9 @@ import argparse
 import json
 import sys
 
-from videocap.cli_models import DEFAULT_MODEL, MODEL_EPILOG, add_generation_options, generation_kwargs, load_from_args
+from videocap.cli_models import (
+    DEFAULT_MODEL, MODEL_EPILOG, add_engine_options, add_generation_options, generation_kwargs, load_from_args,
+)
 
 CAPTION_EPILOG = """\
 modes:
@@ -132,6 +134,7 @@ def _add_model_options(p: argparse.ArgumentParser, image: bool) -> None:
         p.set_defaults(image_view="anyres")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (can run code)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_engine_options(p)
     add_generation_options(p)
     p.set_defaults(max_new_tokens=None)  # the family's default (ShareGPT4Video-8B: 512, as run.py)
 

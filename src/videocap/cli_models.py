@@ -83,6 +83,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-partial", action="store_true",
                    help="sample the decodable part of a truncated or damaged video instead of failing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_engine_options(p)
 
 
 def add_generation_options(p: argparse.ArgumentParser) -> None:
@@ -97,18 +98,30 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
                    help="sample among the K likeliest tokens, 0 = all (default: 0; the web demo's transformers "
                    "default was 50: --temperature 0.1 --top-p 0.9 --top-k 50 reproduces its sampling)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    p.add_argument("--repetition-penalty", type=_positive_number, default=1.0, metavar="P",
+                   help="divide the logits of tokens already in the prompt or answer by P (transformers' rule; "
+                   "default: 1.0, off)")
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpu-memory-fraction", type=_fraction, default=0.9, metavar="F",
+                   help="share of the free GPU memory the KV cache may take, after room for the largest prefill "
+                   "step (default: 0.9)")
+    p.add_argument("--eager", action="store_true",
+                   help="no CUDA graphs and no look-ahead decoding (slower; for debugging)")
 
 
 def load_from_args(args: argparse.Namespace):
     from videocap.api import load
 
     return load(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle,
-                image_view=args.image_view, progress=not args.quiet)
+                image_view=args.image_view, progress=not args.quiet, gpu_memory_fraction=args.gpu_memory_fraction,
+                eager=args.eager)
 
 
 def generation_kwargs(args: argparse.Namespace) -> dict:
     return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                top_k=args.top_k, seed=args.seed)
+                top_k=args.top_k, seed=args.seed, repetition_penalty=args.repetition_penalty)
 
 
 def video_grid(args: argparse.Namespace):
@@ -204,6 +217,26 @@ def _nonnegative(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
 
 

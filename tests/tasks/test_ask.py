@@ -87,6 +87,20 @@ def test_cli_ask_json(tiny, h264, capsys):
     assert {"vision", "prefill", "first_token", "total"} <= set(out["timings"])
 
 
+def test_cli_engine_and_penalty_options(tiny, h264, capsys):
+    base = ["ask", str(h264), "What is it?", "--model", str(tiny[1]), "--frames", "4", "--max-new-tokens", "6",
+            "--json", "--quiet", "--eager", "--gpu-memory-fraction", "0.5"]
+    assert main(base) == 0
+    plain = json.loads(capsys.readouterr().out)["text"]
+    assert main(base + ["--repetition-penalty", "50"]) == 0
+    penalised = json.loads(capsys.readouterr().out)["text"]
+    assert plain != penalised  # a heavy penalty changes a greedy answer that repeats itself or the prompt
+    for bad in (["--gpu-memory-fraction", "1.5"], ["--repetition-penalty", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main(base + bad)
+        assert e.value.code == 2
+
+
 def test_cli_chat_repl(tiny, h264, capsys, monkeypatch):
     lines = iter(["What is it?", "/reset", "Again?", "/quit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))

@@ -120,13 +120,15 @@ class Chat:
         top_p: float = 1.0,
         top_k: int = 0,
         seed: int | None = None,
+        repetition_penalty: float = 1.0,
         on_text: Callable[[str], None] | None = None,
     ) -> Answer:
         if not isinstance(question, str):
             raise PromptError(f"a question must be text, got {type(question).__name__}")
         t0 = time.perf_counter()
         sampling = SamplingParams(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+            repetition_penalty=repetition_penalty,
         )
         processor = self.captioner.processor
         request = processor.request(
