@@ -29,6 +29,7 @@ def add_model_commands(commands) -> None:
     ask.add_argument("question", nargs="?", default=DEFAULT_QUERY, help=f"the question (default: {DEFAULT_QUERY!r})")
     add_model_options(ask)
     add_generation_options(ask)
+    add_stop_option(ask)
     ask.add_argument("--json", action="store_true",
                      help="print one JSON object: answer, frame timestamps, token counts, timings")
     ask.set_defaults(run=run_ask)
@@ -42,6 +43,7 @@ def add_model_commands(commands) -> None:
     chat.add_argument("video", help="path to the video file")
     add_model_options(chat)
     add_generation_options(chat)
+    add_stop_option(chat)
     chat.set_defaults(run=run_chat)
 
     download = commands.add_parser(
@@ -103,6 +105,11 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
                    "default: 1.0, off)")
 
 
+def add_stop_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end the answer where TEXT appears (left out of it); repeat for several")
+
+
 def add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-memory-fraction", type=_fraction, default=0.9, metavar="F",
                    help="share of the free GPU memory the KV cache may take, after room for the largest prefill "
@@ -140,10 +147,10 @@ def run_ask(args: argparse.Namespace) -> int:
     captioner = load_from_args(args)
     chat = captioner.chat(grid, preamble=args.preamble)
     if args.json:
-        answer = chat.ask(args.question, **generation_kwargs(args))
+        answer = chat.ask(args.question, stop=args.stop, **generation_kwargs(args))
         print(json.dumps({"video": args.video, "model": args.model, **answer.to_dict()}))
         return 0
-    answer = chat.ask(args.question, on_text=_print_stream, **generation_kwargs(args))
+    answer = chat.ask(args.question, stop=args.stop, on_text=_print_stream, **generation_kwargs(args))
     print()
     if not args.quiet:
         print(f"[{answer.new_tokens} tokens, {answer.timings['total']:.1f} s, {answer.finish_reason}]", file=sys.stderr)
@@ -174,7 +181,7 @@ def run_chat(args: argparse.Namespace) -> int:
             continue
         print("model> ", end="", flush=True)
         try:
-            chat.ask(question, on_text=_print_stream, **generation_kwargs(args))
+            chat.ask(question, stop=args.stop, on_text=_print_stream, **generation_kwargs(args))
         except KeyboardInterrupt:  # Ctrl-C while answering stops the answer, not the session
             print("\n(answer interrupted; that turn is not kept)")
             continue

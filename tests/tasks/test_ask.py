@@ -14,6 +14,7 @@ from videocap import api
 from videocap.cli import main
 from videocap.engine.engine import Engine
 from videocap.engine.request import SamplingParams
+from videocap.errors import PromptError
 from videocap.models.llava_next.prompt import Turn
 
 pytest.importorskip("transformers")
@@ -99,6 +100,22 @@ def test_cli_engine_and_penalty_options(tiny, h264, capsys):
         with pytest.raises(SystemExit) as e:
             main(base + bad)
         assert e.value.code == 2
+
+
+def test_a_stop_string_ends_the_answer_and_the_stream_never_passes_it(captioner, h264):
+    full = captioner.ask(str(h264), frames=4, max_new_tokens=24).text
+    # two characters past the start of the answer, first seen there: the stream must not have shown them
+    k = next(k for k in range(2, len(full) - 2)
+             if "\ufffd" not in full[k : k + 2] and full.find(full[k : k + 2]) == k)
+    stop = full[k : k + 2]
+    expected = full[:k].strip()
+    streamed = []
+    answer = captioner.ask(str(h264), frames=4, max_new_tokens=24, stop=["\u2603never", stop], on_text=streamed.append)
+    assert answer.text == expected and answer.finish_reason == "stop"
+    assert "".join(streamed).strip() == expected and stop not in "".join(streamed)
+    assert captioner.engine.runner.allocator.num_free == captioner.engine.runner.allocator.num_blocks
+    with pytest.raises(PromptError):
+        captioner.ask(str(h264), frames=4, stop=[""])
 
 
 def test_cli_chat_repl(tiny, h264, capsys, monkeypatch):

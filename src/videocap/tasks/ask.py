@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -41,28 +41,37 @@ class Answer:
         return asdict(self)
 
 
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str | None:
+    """`text` up to the earliest stop string (stripped), or None when none occurs."""
+    found = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return text[: min(found)].strip() if found else None
+
+
 class TextStream:
     """Turns growing token lists into text deltas that never need taking back.
 
     Decoding the whole answer again can change its end: an incomplete UTF-8 character, or Llama-3's space
     clean-up (" 's" → "'s", " ' " → "'", …), whose patterns span at most two spaces. So the text after the
-    second-to-last space is held back until more arrives, and `finish()` emits what is left.
+    second-to-last space is held back until more arrives, and `finish()` emits what is left. With stop strings,
+    `holdback` more characters wait too (a stop string may be arriving), so nothing past one is ever emitted.
     """
 
-    def __init__(self, decode: Callable[[list[int]], str], emit: Callable[[str], None] | None):
-        self.decode, self.emit, self.sent = decode, emit, ""
+    def __init__(self, decode: Callable[[list[int]], str], emit: Callable[[str], None] | None, holdback: int = 0):
+        self.decode, self.emit, self.sent, self.holdback = decode, emit, "", holdback
 
     def update(self, ids: list[int]) -> None:
         if self.emit is None:
             return
         text = self.decode(ids)
         cut = text.rfind(" ", 0, max(text.rfind(" "), 0))  # the second-to-last space
-        self._send(text[: max(cut, len(text) - 8, 0)])  # and never more than 8 characters: text without spaces streams
+        # and never more than 8 characters: text without spaces streams
+        self._send(text[: min(max(cut, len(text) - 8, 0), len(text) - self.holdback)])
 
-    def finish(self, ids: list[int]) -> None:
-        """Emit the rest of the final text (an answer cut inside a character keeps its replacement mark)."""
+    def finish(self, ids: list[int], text: str | None = None) -> None:
+        """Emit the rest of the final text (an answer cut inside a character keeps its replacement mark); `text`
+        when the answer is not the decoded ids (cut at a stop string)."""
         if self.emit is not None:
-            self._send(self.decode(ids), final=True)
+            self._send(self.decode(ids) if text is None else text, final=True)
 
     def _send(self, text: str, final: bool = False) -> None:
         if len(text) > len(self.sent) and text.startswith(self.sent) and (final or not text.endswith("\ufffd")):
@@ -121,10 +130,16 @@ class Chat:
         top_k: int = 0,
         seed: int | None = None,
         repetition_penalty: float = 1.0,
+        stop: Sequence[str] = (),
         on_text: Callable[[str], None] | None = None,
     ) -> Answer:
+        """Answer `question` after the earlier turns. `stop`: strings that end the answer (left out of it), checked
+        on the host as tokens arrive — with look-ahead decoding, while the GPU computes the next token."""
         if not isinstance(question, str):
             raise PromptError(f"a question must be text, got {type(question).__name__}")
+        stop = (stop,) if isinstance(stop, str) else tuple(stop)
+        if not all(isinstance(s, str) and s for s in stop):
+            raise PromptError(f"stop strings must be non-empty text, got {list(stop)!r}")
         t0 = time.perf_counter()
         sampling = SamplingParams(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
@@ -136,16 +151,23 @@ class Chat:
             preamble=self.preamble,
         )
         request.image_key = self.image_key
-        stream = TextStream(processor.decode, on_text)
+        stream = TextStream(processor.decode, on_text, holdback=max(map(len, stop), default=1) - 1)
         final: Output | None = None
+        text = None
         for out in self.captioner.engine.generate([request]):  # only this request's outputs
-            stream.update(out.token_ids)
             final = out
-        assert final is not None and final.finished
-        stream.finish(final.token_ids)
+            if stop:
+                text = cut_at_stop(processor.decode(out.token_ids), stop)
+                if text is not None:  # leaving the loop aborts the request and frees its blocks
+                    break
+            stream.update(out.token_ids)
+        assert final is not None and (final.finished or text is not None)
+        finish_reason = "stop" if text is not None else final.finish_reason.value
+        if text is None:
+            text = processor.decode(final.token_ids)
+        stream.finish(final.token_ids, text)
         if final.image_embeds is not None:
             self.image_embeds = final.image_embeds
-        text = processor.decode(final.token_ids)
         self.turns.append(Turn(question, text))
         t = final.timings
         video_s, self.decode_seconds = self.decode_seconds, 0.0  # counted once, in the first answer
@@ -155,7 +177,7 @@ class Chat:
         }
         return Answer(
             text, question, self.timestamps, final.prompt_tokens, self.image.num_tokens, len(final.token_ids),
-            final.finish_reason.value, timings, final.cached_tokens,
+            finish_reason, timings, final.cached_tokens,
         )
 
     def reset(self) -> None:
