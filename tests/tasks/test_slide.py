@@ -42,25 +42,27 @@ def echo(prompt: str, request) -> str:
 
 
 class Recorder(VideoReader):
-    """A VideoReader that records every frame it streams: time, barcode, and how many are alive at once."""
+    """A VideoReader that records every frame it streams: time, barcode, and how many decoded images are alive at
+    once (a frame the reader yields twice, as keyframe seek does, is one image)."""
 
     log: list[tuple[float, int]] = []
-    alive = 0
+    alive: set[int] = set()  # ids of the decoded images not yet freed
     peak = 0
 
     def iter_frames(self, *args, **kwargs):
         for frame in super().iter_frames(*args, **kwargs):
             cls = type(self)
             cls.log.append((frame.timestamp, read_barcode(frame.image)))
-            cls.alive += 1
-            cls.peak = max(cls.peak, cls.alive)
-            weakref.finalize(frame.image, lambda: setattr(cls, "alive", cls.alive - 1))
+            if id(frame.image) not in cls.alive:
+                cls.alive.add(id(frame.image))
+                weakref.finalize(frame.image, cls.alive.discard, id(frame.image))
+            cls.peak = max(cls.peak, len(cls.alive))
             yield frame
 
 
 @pytest.fixture
 def recorder(monkeypatch):
-    Recorder.log, Recorder.alive, Recorder.peak = [], 0, 0
+    Recorder.log, Recorder.alive, Recorder.peak = [], set(), 0
     monkeypatch.setattr(slide, "VideoReader", Recorder)
     return Recorder
 
@@ -197,3 +199,24 @@ def test_summary_that_cannot_shrink_is_refused(llama3, tiny_cfg, h264):
 def test_hierarchical_summary_on_the_tiny_model(tiny_base_captioner, h264):
     result = tiny_base_captioner.caption(str(h264), "slide", seconds=0.5, max_new_tokens=6, context_limit=300)
     assert result.summary_levels >= 2 and len(result.segments) == 8
+
+
+def test_a_frame_decoded_twice_is_not_a_pair(llama3, tiny_cfg, h264, recorder):
+    """Keyframe seek on h264 (a keyframe every 1 s), a frame every 0.5 s: the 8 planned times decode as the frames
+    at 0, 1, 2, 3 s, most of them twice. A repeated frame is skipped (with a warning), never sent as a pair of one
+    frame with itself, and no more than two frames are alive at once."""
+    from videocap.video import SeekMode
+
+    session = fake_session(llama3, tiny_cfg, echo)
+    plan = plan_video(h264, "slide", seconds=0.5, seek=SeekMode.KEYFRAME)
+    assert len(plan.timestamps) == 8
+    [result] = driver.run(session, [slide_task(plan, LLAVA, slide_options(session))])
+    decoded = [t for t, _ in recorder.log]
+    assert len(decoded) == 8 and len(set(decoded)) < len(decoded)  # repeats really happened
+    assert result.frame_timestamps == tuple(sorted(set(decoded)))
+    assert all(s.start < s.end for s in result.segments[1:])
+    assert [s.text for s in result.segments[1:]] == [
+        f"pair {k}@{int(s.start + 0.5)} {k + 1}@{int(s.end + 0.5)}" for k, s in enumerate(result.segments[1:])]
+    assert result.requests == len(result.frame_timestamps) + 1
+    assert any("decoded as the frame before" in w for w in result.warnings)
+    assert recorder.peak <= 2 and result.peak_frames_held == 2

@@ -1,7 +1,9 @@
 """Sliding captioning: the first frame, then what changed between each adjacent pair, then a summary.
 
 Frames (one every N seconds, or keyframes) are decoded as the steps need them and released as soon as the next
-pair is composed: a task holds at most two decoded frames, however long the video (`peak_frames_held`). Each
+pair is composed: a task holds at most two decoded frames, however long the video (`peak_frames_held`). A frame
+that decodes as the one before it (`--seek keyframe` between sparse keyframes, a damaged span read with
+allow_partial) is skipped with a warning rather than captioned as a "change" against itself. Each
 pair's request carries the previous caption, so one video's requests run one after another; many videos run
 side by side through the driver. Prompts write each frame's actual time in whole seconds ("12.00"), frames
 numbered from 0 as the captioner demo does; segments keep exact seconds. The summary is summarize.py's,
@@ -78,8 +80,13 @@ def slide_task(plan: VideoPlan, family: Family, options: SlideOptions) -> TaskGe
         usage.add([reply])
         segments = [Segment(prev.timestamp, prev.timestamp, reply.text)]
         timestamps = [prev.timestamp]
-        i = 0
+        i = repeated = 0
         while (cur := _next(frames, held, usage)) is not None:
+            if cur.timestamp <= prev.timestamp:  # the frame before again (keyframe seek, a damaged span): no pair
+                del cur
+                held.drop()
+                repeated += 1
+                continue
             t0 = time.perf_counter()
             image = family.pair_layout(prev.image, cur.image)
             usage.decode_video += time.perf_counter() - t0
@@ -91,9 +98,12 @@ def slide_task(plan: VideoPlan, family: Family, options: SlideOptions) -> TaskGe
             segments.append(Segment(segments[-1].end, cur.timestamp, reply.text))
             timestamps.append(cur.timestamp)
             i += 1
-        del prev, cur
+        del prev
         held.drop()
         warnings = (*plan.warnings, *reader.warnings)
+        if repeated:
+            warnings += (f"{repeated} sampled frame(s) decoded as the frame before (keyframe seek or a damaged span) "
+                         "were skipped: a pair of one frame shows no change",)
     finally:
         reader.close()
     items = [(s.end, s.text) for s in segments]
