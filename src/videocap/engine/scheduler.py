@@ -149,7 +149,8 @@ class Scheduler:
             return
         while not self.allocator.can_allocate(1):
             # The engine's length limits let every request grow alone; others' blocks are the ones to take.
-            assert self.preempt_newest(but=seq) is not None, "a request outgrew the cache on its own"
+            victim = self.preempt_newest(but=seq)  # not inside the assert: `python -O` would skip the call
+            assert victim is not None, "a request outgrew the cache on its own"
         [block] = self.allocator.allocate(1)
         if i == len(seq.blocks):
             seq.blocks.append(block)
