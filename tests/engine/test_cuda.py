@@ -144,3 +144,21 @@ def test_fused_rope_and_cache_matches_the_pytorch_layers(dtype):
     v = qkv[:, (H + KV) * D :].view(T, KV, D)
     write_kv(expected, k, v, slots)
     assert torch.equal(cache, expected)  # the kernel's own keys and the values, in the right slots
+
+
+def test_sampling_is_queued_without_a_host_synchronisation():
+    """Look-ahead decoding needs it: a sampled step (temperature, top-k, top-p, repetition penalty, a subset of rows)
+    is only queued on the stream. `torch.tensor(list, device="cuda")` would wait there for the step in flight."""
+    from videocap.engine.request import SamplingParams
+    from videocap.engine.sampler import sample
+
+    logits = torch.randn(3, 1000, device="cuda")
+    params = [SamplingParams(temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.2), SamplingParams(),
+              SamplingParams(temperature=1.3)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = sample(logits, params, [1, 2, 3], [0, 4, 9], [[5, 6], [], []])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out[1].item() == logits[1].argmax().item()

@@ -57,7 +57,9 @@ class DecodeGraphs:
         host_tables = self.host_tables.numpy()
         host_tables[:B, :width] = tables
         host_tables[B:bucket, 0] = self.scratch_block
-        self.packed[:, :bucket].copy_(self.host[:, :bucket], non_blocking=True)
+        # The whole (4, max_batch) buffer, a few KiB: a [:, :bucket] slice is not contiguous, and copy_ would stage
+        # it through a pageable temporary (no longer one pinned, asynchronous copy). Rows past the bucket are unread.
+        self.packed.copy_(self.host, non_blocking=True)
         self.tables[:bucket].copy_(self.host_tables[:bucket], non_blocking=True)
         self.copied.record()
         if device_ids is not None:

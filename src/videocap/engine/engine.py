@@ -24,7 +24,7 @@ import torch
 from videocap.engine.beam import BeamGroup, BeamSearch
 from videocap.engine.request import FinishReason, Output, Request, SamplingParams
 from videocap.engine.runner import ModelRunner
-from videocap.engine.sampler import sample
+from videocap.engine.sampler import sample, to_device
 from videocap.engine.scheduler import Batch, Scheduler, Sequence
 from videocap.errors import PromptTooLongError
 
@@ -177,7 +177,9 @@ class Engine:
             return None
         for seq in seqs:
             seq.tokens.append(PENDING)  # the token `current` sampled: known on the device only, for now
-        ids = current.tokens if len(rows) == len(current.seqs) else current.tokens[torch.tensor(rows, device=current.tokens.device)]
+        ids = current.tokens  # (B,) on the device
+        if len(rows) < len(current.seqs):
+            ids = ids[to_device(rows, torch.long, ids.device)]
         logits = self.runner.run(Batch(seqs, prefill=False), ids)
         return self.launch_sampling(seqs, logits)
 

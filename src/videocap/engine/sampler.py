@@ -31,18 +31,16 @@ def sample(
         return logits.argmax(dim=-1)
     device = logits.device
     rows = [b for b, p in enumerate(params) if not p.greedy]
-    index = torch.tensor(rows, device=device)
+    index = to_device(rows, torch.long, device)
     sub = [params[b] for b in rows]
-    temperature = torch.tensor([p.temperature for p in sub], device=device, dtype=torch.float32)
+    temperature = to_device([p.temperature for p in sub], torch.float32, device)
     scaled = logits[index] / temperature[:, None]
     if any(p.top_k or p.top_p < 1.0 for p in sub):
-        top_k = torch.tensor([p.top_k for p in sub], device=device)
-        top_p = torch.tensor([p.top_p for p in sub], device=device, dtype=torch.float32)
+        top_k = to_device([p.top_k for p in sub], torch.long, device)
+        top_p = to_device([p.top_p for p in sub], torch.float32, device)
         scaled = filter_logits(scaled, top_k, top_p)
-    noise = gumbel_noise(
-        torch.tensor([seeds[b] for b in rows], device=device), torch.tensor([steps[b] for b in rows], device=device),
-        logits.shape[-1],
-    )
+    row_seeds = to_device([seeds[b] for b in rows], torch.long, device)
+    noise = gumbel_noise(row_seeds, to_device([steps[b] for b in rows], torch.long, device), logits.shape[-1])
     out = logits.argmax(dim=-1)
     out[index] = (scaled + noise).argmax(dim=-1)
     return out
@@ -77,10 +75,20 @@ def apply_repetition_penalty(
     for b, p in enumerate(params):
         if p.repetition_penalty == 1.0 or not histories[b]:
             continue
-        ids = torch.tensor(sorted(set(histories[b])), device=logits.device)
+        ids = to_device(sorted(set(histories[b])), torch.long, logits.device)
         seen = logits[b, ids]
         logits[b, ids] = torch.where(seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty)
     return logits
+
+
+def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list as a tensor on `device`, without a host synchronisation: `torch.tensor(values,
+    device="cuda")` copies from pageable memory and waits for the stream to drain (every step queued before it),
+    which would stall a look-ahead step; a pinned, non-blocking copy is ordered on the stream instead."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
