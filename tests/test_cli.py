@@ -105,3 +105,25 @@ def test_bundled_example_is_small_and_samples(capsys):
     assert main(["info", str(EXAMPLE), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["num_frames"] == 240 and info["duration"] == pytest.approx(10.0)
+
+
+def test_a_closed_stdout_pipe_ends_quietly(h264):
+    """`videocap ... | head -1`: the reader closes the pipe before videocap writes; no traceback, exit 141."""
+    proc = subprocess.Popen([sys.executable, "-m", "videocap.cli", "info", str(h264), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the interpreter has even imported videocap
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == ""
+
+
+def test_broken_pipe_in_a_command_is_exit_141(monkeypatch, capsys):
+    import videocap.cli as cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["info"].set_defaults(run=broken)
+    assert cli.main(["info", "x.mp4"]) == 141
+    assert capsys.readouterr().err == ""

@@ -59,13 +59,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below and not at interpreter exit
+        return code
     except VideocapError as e:
         print(f"videocap: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("videocap: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`videocap caption ... --json | head -1`): stop quietly
+        _discard_stdout()
+        return 141  # 128 + SIGPIPE, as a shell reports a command ended by a closed pipe
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (a test's capture)
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -207,6 +207,8 @@ def run_recaption(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.file is None):
         raise VideocapError("recaption needs a TEXT or --file FILE (one of them)")
     _check(args.prompt, Step.RECAPTION, "--prompt")
+    if args.text is not None and not args.text.strip():
+        raise VideocapError(f"a prompt to re-caption must be non-empty text, got {args.text!r}")  # before the load
     texts = read_prompts(args.file) if args.file is not None else [args.text]
     captioner = load_from_args(args)
     many = len(texts) > 1

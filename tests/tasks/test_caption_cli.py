@@ -65,6 +65,7 @@ def test_api_modes_and_instruction(tiny_captioner, h264):
     (["caption", "VIDEO", "--mode", "slide", "--summary-prompt", "{text}"], "{text}"),
     (["recaption"], "TEXT or --file"),
     (["recaption", "--file", "/nonexistent.txt"], "/nonexistent.txt"),
+    (["recaption", "   "], "non-empty text"),
 ])
 def test_bad_input_is_one_line_exit_2_before_the_model_loads(argv, needle, h264, tmp_path, capsys):
     """The model path does not exist: these errors must come first."""

@@ -79,7 +79,8 @@ def plan_video(
         strategy, name = Uniform16(frames), "uniform16"
     elif mode == "slide":
         if frames is not None:
-            raise VideocapError(f"the slide mode samples one frame every `seconds` or keyframes, not {frames!r} frames")
+            raise VideocapError(f"the slide mode samples a frame every `seconds` (--seconds S) or keyframes (--frames "
+                                f"keyframes), not {frames!r} frames: a frame count is for the fast mode")
         if not seconds > 0:
             raise VideocapError(f"seconds must be positive, got {seconds!r}")
         strategy, name = Every(seconds), "every"
