@@ -151,6 +151,8 @@ class Scheduler:
             # The engine's length limits let every request grow alone; others' blocks are the ones to take.
             victim = self.preempt_newest(but=seq)  # not inside the assert: `python -O` would skip the call
             assert victim is not None, "a request outgrew the cache on its own"
+            # The victim's planned copies write blocks that are free again (and may be handed out next): drop them.
+            copies[:] = [(src, dst) for src, dst in copies if self.allocator.refs[dst]]
         [block] = self.allocator.allocate(1)
         if i == len(seq.blocks):
             seq.blocks.append(block)
