@@ -220,3 +220,48 @@ def test_a_frame_decoded_twice_is_not_a_pair(llama3, tiny_cfg, h264, recorder):
     assert result.requests == len(result.frame_timestamps) + 1
     assert any("decoded as the frame before" in w for w in result.warnings)
     assert recorder.peak <= 2 and result.peak_frames_held == 2
+
+
+def test_group_summaries_finishing_out_of_order_keep_their_groups_order(llama3, tiny_cfg, h264):
+    """A hierarchical round asks for several group summaries at once; the first group's finishes last. The top
+    summary still lists each group's summary in video order, timed at that group's last caption."""
+    DESC = re.compile(r"Video frame \d+ at (\d+)\.00 Second\(s\) description: (.*)")
+
+    def answer(prompt, request):
+        if "Summarize" in prompt:  # name the group by its first and last captions and the last one's time
+            lines = DESC.findall(prompt)
+            return f"G[{lines[0][1]}|{lines[-1][1]}#{lines[-1][0]}]"
+        return echo(prompt, request)
+
+    summaries = []
+
+    def steps(request):
+        if request.images is not None:
+            return 1
+        summaries.append(request.request_id)
+        return 20 - len(summaries)  # each summary of a round finishes before the one submitted before it
+
+    session = fake_session(llama3, tiny_cfg, answer, steps=steps, limit=200)
+    options = slide_options(session, max_new_tokens=16)
+    [result] = driver.run(session, [slide_task(plan_video(h264, "slide", seconds=0.5), LLAVA, options)])
+    assert result.summary_levels >= 2
+    engine = session.engine
+    first_round = [r for r in engine.requests if r.images is None][:-1]
+    assert len(first_round) >= 2
+    done = [rid for rid in engine.finished if rid in {r.request_id for r in first_round}]
+    assert done != sorted(done)  # the round really finished out of order
+    top = DESC.findall(engine.prompt_text(engine.requests[-1]))
+    texts = [s.text for s in result.segments]
+    spans, k = [], 0
+    for t, text in top:  # each line: a group summary (or a caption passed through), in video order
+        if text.startswith("G["):
+            body, at = text[2:-1].rsplit("#", 1)
+            first, last = body.split("|")
+            assert texts.index(first) == k, (k, top)
+            k = texts.index(last)
+            assert int(t) == int(at) == int(result.segments[k].end + 0.5)
+        else:
+            assert texts.index(text) == k
+        spans.append(t)
+        k += 1
+    assert k == len(texts) and spans == sorted(spans, key=int)
