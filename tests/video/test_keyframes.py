@@ -419,3 +419,27 @@ def test_cli_rejects_bad_options_and_missing_videos(clip_dir, tmp_path, capsys):
 def test_missing_video_is_typed(tmp_path):
     with pytest.raises(VideoNotFoundError):
         stub().select(tmp_path / "missing.mp4")
+
+
+def test_caption_modes_select_keyframes_with_a_real_tiny_clip(clip_dir, videos, tmp_path, capsys):
+    """`videocap caption --frames keyframes` end to end: the tiny CLIP checkpoint (not a stand-in selector) picks
+    the frames, both modes caption exactly those frames with the tiny LLaVA-NeXT model."""
+    from llava_tiny import make_hf_model, save_layout
+
+    from videocap.tasks.plan import keyframe_selector
+
+    ckpt = save_layout(make_hf_model(seed=7, head_scale=8.0), tmp_path / "tiny-llava", "hf5-save")
+    video = videos["cuts"]
+    expected = KeyframeSelector.load(model=str(clip_dir), device="cpu", progress=False).select(video)
+    assert len(expected) >= 3
+    keyframe_selector.cache_clear()
+    try:
+        for mode in ("fast", "slide"):
+            assert main(["caption", str(video), "--mode", mode, "--frames", "keyframes", "--keyframe-model",
+                         str(clip_dir), "--keyframe-device", "cpu", "--model", str(ckpt), "--device", "cpu",
+                         "--max-new-tokens", "2", "--image-view", "base", "--json", "--quiet"]) == 0
+            [record] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+            assert record["frame_timestamps"] == pytest.approx(expected, abs=1e-6)
+            assert record["requests"] == (1 if mode == "fast" else len(expected) + 1)
+    finally:
+        keyframe_selector.cache_clear()
