@@ -75,3 +75,34 @@ def test_a_request_arriving_mid_decode_ends_the_look_ahead_and_joins(model):
     assert final[first.request_id].token_ids == reference_generate(model, first)
     assert final[late.request_id].token_ids == reference_generate(model, late)
     assert engine.runner.allocator.num_free == engine.runner.allocator.num_blocks
+
+
+def test_look_ahead_under_a_small_cache_preempts_like_the_plain_loop(model, monkeypatch):
+    """Look-ahead steps never preempt or copy: where the next block is not free they hand the step back to the
+    scheduler, which preempts. Answers, endings and stops are the plain loop's, and every block comes back."""
+    reqs = [text_request(5 + (7 * i) % 23, 300 + i, 20 + (5 * i) % 11) for i in range(6)]
+    reqs[1], reqs[4] = stop_after(model, reqs[1], 17), stop_after(model, reqs[4], 0)
+    plain = final_outputs(Engine(model), reqs)
+    small = Engine(model, max_cache_tokens=96, look_ahead=True)
+    launched, preempted = [], []
+    step, preempt = small.look_ahead_step, small.scheduler.preempt_newest
+    monkeypatch.setattr(small, "look_ahead_step", lambda current: launched.append(s := step(current)) or s)
+    monkeypatch.setattr(small.scheduler, "preempt_newest", lambda but: preempted.append(1) or preempt(but))
+    assert final_outputs(small, reqs) == plain
+    assert preempted and sum(x is not None for x in launched) > 3, "both happened"
+    small.runner.allocator.check()
+    assert small.runner.allocator.num_free == small.runner.allocator.num_blocks
+
+
+def test_an_answer_decoded_ahead_is_reused_by_the_next_turn(model):
+    """A chat's next turn (prompt + answer + more) hits the blocks registered when the look-ahead answer ended:
+    the overshot token is neither kept nor registered."""
+    engine = Engine(model, look_ahead=True)
+    first = text_request(23, 12, 40)
+    first = stop_after(model, first, 20)  # ends on a stop token the look-ahead step has already run past
+    answer = engine.run(first)
+    assert answer.finish_reason is FinishReason.STOP and len(answer.token_ids) == 20
+    follow = Request(first.token_ids + answer.token_ids + [5, 6, 7], SamplingParams(max_new_tokens=5))
+    out = engine.run(follow)
+    assert out.cached_tokens == (len(follow.token_ids) - 1) // 16 * 16 == 32
+    assert out.token_ids == reference_generate(model, follow)
