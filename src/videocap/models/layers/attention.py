@@ -6,13 +6,15 @@ key/value goes (`slot_mapping`, a flat slot = block * block_size + offset) and w
 context (`block_tables`). Layers write the new keys/values into their slots, then attend over the whole context.
 This file never allocates a cache and knows nothing of scheduling.
 
-Three paths, chosen by the metadata the runner builds:
+Four paths, chosen by the metadata the runner builds:
 - decode on CUDA (`paged_splits` > 0): the Triton kernel of paged_attention.py reads the cache through the block
   tables on the device (no gather, no host sync; CUDA-graph safe);
 - a prefill whose sequences all start fresh (`context_lens_host` equals `query_lens`): causal SDPA per sequence
   on the new keys/values themselves (flash attention where the backend has it), no cache read;
-- anything else (CPU decode, prompts after a reused prefix): gather each sequence's context from the cache and
-  run masked SDPA — the reference the other two are tested against.
+- a prefill after a reused prefix (a chat's next turn, a shared system prompt): per sequence, its context
+  gathered from the cache and SDPA with a bottom-right causal mask;
+- anything else (decode on CPU): gather each sequence's context from the cache and run masked SDPA — the
+  reference the other paths are tested against.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from videocap.models.layers import fused, paged_attention
 from videocap.models.layers.mlp import FusedLinear
@@ -115,6 +118,8 @@ def attention(
         return paged_attention.paged_decode(q, cache, meta.block_tables, meta.context_lens, scale, meta.paged_splits)
     if meta.fresh_prefill:
         return fresh_prefill_attention(q, k, v, meta.query_lens, scale)
+    if meta.context_lens_host is not None and max(meta.query_lens) > 1:
+        return prefix_prefill_attention(q, cache, meta, scale)
     return cached_attention(q, cache, meta, scale)
 
 
@@ -128,6 +133,27 @@ def fresh_prefill_attention(
     for n in query_lens:
         qs, ks, vs = (x[start : start + n].transpose(0, 1)[None] for x in (q, k, v))  # (1, heads, n, D)
         out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=n > 1, scale=scale, enable_gqa=gqa)
+        outs.append(out[0].transpose(0, 1))  # (n, H, D)
+        start += n
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def prefix_prefill_attention(q: torch.Tensor, cache: torch.Tensor, meta: AttnMetadata, scale: float) -> torch.Tensor:
+    """A prefill after a reused prefix: each sequence's new queries over its whole context (the cached prefix and
+    the keys just written), causal from the bottom right, one SDPA call per sequence. Keys and values are expanded
+    to every query head so that the fused kernels take the bottom-right mask; no (queries x context) mask tensor
+    is ever built."""
+    flat = cache.view(2, -1, *cache.shape[-2:])  # (2, blocks * block_size, KV, D)
+    H, KV, bs = q.shape[1], cache.shape[-2], meta.block_size
+    offsets = torch.arange(bs, device=q.device)
+    outs, start = [], 0
+    for i, (n, ctx) in enumerate(zip(meta.query_lens, meta.context_lens_host)):
+        blocks = meta.block_tables[i, : -(-ctx // bs)]
+        slots = (blocks[:, None] * bs + offsets).flatten()[:ctx]
+        k, v = (x.transpose(0, 1).repeat_interleave(H // KV, dim=0)[None].to(q.dtype) for x in flat[:, slots])
+        qs = q[start : start + n].transpose(0, 1)[None]  # (1, H, n, D)
+        mask = None if n == ctx else causal_lower_right(n, ctx)
+        out = F.scaled_dot_product_attention(qs, k, v, attn_mask=mask, is_causal=n == ctx, scale=scale)
         outs.append(out[0].transpose(0, 1))  # (n, H, D)
         start += n
     return outs[0] if len(outs) == 1 else torch.cat(outs)
