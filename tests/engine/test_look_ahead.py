@@ -5,6 +5,8 @@ every cache block free afterwards."""
 
 from __future__ import annotations
 
+import pytest
+
 from videocap.engine.engine import PENDING, Engine
 from videocap.engine.request import FinishReason, Request, SamplingParams
 
@@ -106,3 +108,22 @@ def test_an_answer_decoded_ahead_is_reused_by_the_next_turn(model):
     out = engine.run(follow)
     assert out.cached_tokens == (len(follow.token_ids) - 1) // 16 * 16 == 32
     assert out.token_ids == reference_generate(model, follow)
+
+
+def test_a_failing_look_ahead_step_leaves_no_placeholder_behind(model, monkeypatch):
+    engine = Engine(model, look_ahead=True)
+    gen = engine.generate([text_request(9, 31, 12)])
+    next(gen)  # the first token: the next steps run ahead from here
+    run = engine.runner.run
+
+    def failing(batch, ids=None):
+        if ids is not None:
+            raise RuntimeError("out of memory (simulated)")
+        return run(batch, ids)
+
+    monkeypatch.setattr(engine.runner, "run", failing)
+    with pytest.raises(RuntimeError, match="simulated"):
+        for _ in gen:
+            pass
+    assert all(PENDING not in seq.tokens for seq in engine.scheduler.running + list(engine.scheduler.waiting))
+    assert engine.runner.allocator.num_free == engine.runner.allocator.num_blocks  # the abandoned request freed

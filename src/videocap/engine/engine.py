@@ -180,8 +180,14 @@ class Engine:
         ids = current.tokens  # (B,) on the device
         if len(rows) < len(current.seqs):
             ids = ids[to_device(rows, torch.long, ids.device)]
-        logits = self.runner.run(Batch(seqs, prefill=False), ids)
-        return self.launch_sampling(seqs, logits)
+        try:
+            logits = self.runner.run(Batch(seqs, prefill=False), ids)
+            return self.launch_sampling(seqs, logits)
+        except BaseException:  # e.g. out of memory: leave the sequences as the plain loop would find them
+            for seq in seqs:
+                seq.tokens.pop()
+                seq.num_cached = min(seq.num_cached, len(seq.tokens))
+            raise
 
     def collect(self, current: InFlight) -> list[Output]:
         """Read `current`'s tokens on the host and advance its sequences (those still running)."""
