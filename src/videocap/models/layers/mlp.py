@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from videocap.models.layers import fused
+
 
 class FusedLinear(nn.Linear):
     """Several projections of the same input as one matmul (one kernel instead of several per layer and step).
@@ -39,9 +41,7 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor, fused_act: bool = False) -> torch.Tensor:
         """`fused_act`: silu(gate) * up in one Triton kernel (CUDA decode; see fused.py)."""
         if fused_act:
-            from videocap.models.layers.fused import silu_mul
-
-            return self.down_proj(silu_mul(self.gate_up_proj(x)))
+            return self.down_proj(fused.silu_mul(self.gate_up_proj(x)))
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
