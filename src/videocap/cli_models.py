@@ -101,8 +101,8 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
                    "default was 50: --temperature 0.1 --top-p 0.9 --top-k 50 reproduces its sampling)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     p.add_argument("--repetition-penalty", type=_positive_number, default=1.0, metavar="P",
-                   help="divide the logits of tokens already in the prompt or answer by P (transformers' rule; "
-                   "default: 1.0, off)")
+                   help="penalise tokens already in the prompt or answer: their positive logits divided by P, "
+                   "negative ones multiplied (transformers' rule; default: 1.0, off)")
 
 
 def add_stop_option(p: argparse.ArgumentParser) -> None:
