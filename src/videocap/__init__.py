@@ -18,6 +18,7 @@ _LAZY = {
     "Answer": "videocap.tasks.ask",
     "VideoGrid": "videocap.tasks.ask",
     "CaptionResult": "videocap.tasks.results",
+    "CaptionFailure": "videocap.tasks.results",
     "SummaryResult": "videocap.tasks.results",
     "RecaptionResult": "videocap.tasks.results",
     "Segment": "videocap.tasks.results",
@@ -35,6 +36,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "Answer",
+    "CaptionFailure",
     "CaptionResult",
     "Captioner",
     "KeyframeOptions",

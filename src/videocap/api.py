@@ -21,7 +21,7 @@ from videocap.models.llava_next.config import load_config
 from videocap.models.llava_next.processor import ImageView, LlavaNextProcessor
 from videocap.models.llava_next.weights import load as load_llava_next
 from videocap.tasks.ask import Answer, Chat, VideoGrid
-from videocap.tasks.results import CaptionResult, RecaptionResult, SummaryResult
+from videocap.tasks.results import CaptionFailure, CaptionResult, RecaptionResult, SummaryResult
 from videocap.weights import hub
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -77,8 +77,13 @@ class Captioner:
     def caption(self, video: str | os.PathLike | Sequence[str | os.PathLike], mode: str = "fast", *,
                 frames: int | str | None = None, seconds: float = 2.0, start: float | None = None,
                 end: float | None = None, instruction: str | None = None, prompt: str | None = None,
-                **options) -> CaptionResult | list[CaptionResult]:
+                **options) -> CaptionResult | list[CaptionResult | CaptionFailure]:
         """Caption `video` (a result) or several videos (a list, in order; they share the engine).
+
+        Every video is probed and planned first: a bad path or window raises before any captioning. One video that
+        fails later (a decode error mid-stream) raises its typed `VideocapError`; in a list, it becomes a
+        `CaptionFailure` at its place (`.failed` is True; `.error` says why in one line, `.exception` is the
+        error) and the other videos are captioned all the same. `CaptionResult.failed` is False.
 
         mode "fast": one request over `frames` frames (default 16, uniform16; or "keyframes") in the model's layout.
         mode "slide": a frame every `seconds` (or `frames="keyframes"`): the first frame's caption, one caption per

@@ -50,7 +50,9 @@ def add_caption_commands(commands) -> None:
     caption = commands.add_parser(
         "caption", help="caption videos: fast (one request) or slide (frame by frame, then a summary)",
         description="Caption each VIDEO with the model. Text output prints each caption; --json prints one JSON "
-        "record per video (mode, model, caption, segments, frame timestamps, token counts, timings).",
+        "record per video (mode, model, caption, segments, frame timestamps, token counts, timings). A video that fails "
+        "while being captioned (a decode error mid-stream) is reported on stderr (with --json, also as a record with "
+        "an 'error' and no caption) and the others go on; the exit code is then 2.",
         epilog=CAPTION_EPILOG + "\n" + MODEL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     caption.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
@@ -164,6 +166,11 @@ def run_caption(args: argparse.Namespace) -> int:
     many = len(plans) > 1
 
     def emit(result) -> None:
+        if result.failed:  # this video alone: the others go on, the exit code says some failed
+            print(f"videocap: error: {result.video}: {result.error}", file=sys.stderr, flush=True)
+            if args.json:
+                print(json.dumps(result.to_dict()), flush=True)
+            return
         for warning in result.warnings:
             print(f"videocap: warning: {result.video}: {warning}", file=sys.stderr)
         if args.json:
@@ -171,10 +178,11 @@ def run_caption(args: argparse.Namespace) -> int:
         else:
             print((f"# {result.video}\n" if many else "") + result.caption + ("\n" if many else ""), flush=True)
 
-    captioning.caption(captioner, plans, args.mode, instruction=args.instruction, prompt=args.prompt,
-                       first_prompt=args.first_prompt, summary_prompt=args.summary_prompt, progress=not args.quiet,
-                       on_result=emit, **generation_kwargs(args))
-    return 0
+    # `plans` is a list, so the results are one too, even for one video: a failed video is reported like any other.
+    results = captioning.caption(captioner, plans, args.mode, instruction=args.instruction, prompt=args.prompt,
+                                 first_prompt=args.first_prompt, summary_prompt=args.summary_prompt,
+                                 progress=not args.quiet, on_result=emit, **generation_kwargs(args))
+    return 2 if any(r.failed for r in results) else 0
 
 
 def run_summarize(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from videocap.tasks.fast import FastOptions, fast_task
 from videocap.tasks.plan import KeyframeOptions, VideoPlan, plan_video
 from videocap.tasks.recaption import RecaptionOptions, recaption_task, recaption_text
 from videocap.tasks.records import CaptionSet, from_record, read_captions
-from videocap.tasks.results import CaptionResult, RecaptionResult, Segment, SummaryResult
+from videocap.tasks.results import CaptionFailure, CaptionResult, RecaptionResult, Segment, SummaryResult
 from videocap.tasks.slide import SlideOptions, slide_task
 from videocap.tasks.summarize import SummaryOptions, summary_task
 from videocap.video import SeekMode
@@ -79,10 +79,12 @@ def caption(
     summary_prompt: str | None = None,
     context_limit: int | None = None,
     progress: bool = False,
-    on_result: Callable[[CaptionResult], None] | None = None,
+    on_result: Callable[[CaptionResult | CaptionFailure], None] | None = None,
     **generation,
-) -> CaptionResult | list[CaptionResult]:
-    """Caption one video (a result) or several (a list, in order). See `videocap.api.Captioner.caption`."""
+) -> CaptionResult | list[CaptionResult | CaptionFailure]:
+    """Caption one video (a result; a failure raises) or several (a list, in order, where a video that fails
+    once captioning has started is a `CaptionFailure` and the others go on). See `videocap.api.Captioner.caption`.
+    """
     single = isinstance(videos, (str, os.PathLike, VideoPlan))
     items = [videos] if single else list(videos)
     plans = plan_videos(items, mode, frames=frames, seconds=seconds, start=start, end=end, seek=seek,
@@ -101,7 +103,17 @@ def caption(
         options = SlideOptions(sampling, summary, first_prompt, prompt, name)
         make = lambda plan: slide_task(plan, fam, options)  # noqa: E731
         expected = [len(p.timestamps) + 1 for p in plans]
-    results = _run(session, [make(p) for p in plans], expected, progress, f"captioning ({mode})", on_result)
+
+    def typed(index: int, result: CaptionResult | VideocapError) -> CaptionResult | CaptionFailure:
+        if isinstance(result, VideocapError):
+            return CaptionFailure.of(plans[index].path, mode, name, result)
+        return result
+
+    # One video alone raises its error as it is; of several, a failing one ends alone (a programming error still
+    # stops them all).
+    contain = () if single else (VideocapError,)
+    results = _run(session, [make(p) for p in plans], expected, progress, f"captioning ({mode})", on_result,
+                   contain=contain, typed=typed)
     return results[0] if single else results
 
 
@@ -177,12 +189,22 @@ def recaption(
 
 
 def _run(session: driver.Session, tasks: list, expected: list[int], progress: bool, desc: str,
-         on_result: Callable[[Any], None] | None) -> list[Any]:
+         on_result: Callable[[Any], None] | None, *, contain: tuple[type[Exception], ...] = (),
+         typed: Callable[[int, Any], Any] = lambda _, result: result) -> list[Any]:
+    """`tasks` through the driver with a progress bar; `typed(index, result)` turns what the driver gives (a
+    result, or an exception of `contain`) into what the caller returns."""
     with tqdm(total=sum(expected), desc=desc, unit="req", file=sys.stderr, disable=not progress) as bar:
         def advance() -> None:
             if bar.n + 1 > bar.total:  # a hierarchical summary asks more than expected
                 bar.total = bar.n + 1
             bar.update(1)
 
-        return driver.run(session, tasks, on_request=advance, max_active=MAX_ACTIVE_VIDEOS,
-                          on_result=None if on_result is None else lambda _, r: on_result(r))
+        results: list[Any] = [None] * len(tasks)
+
+        def done(index: int, result: Any) -> None:
+            results[index] = typed(index, result)
+            if on_result is not None:
+                on_result(results[index])
+
+        driver.run(session, tasks, on_request=advance, max_active=MAX_ACTIVE_VIDEOS, on_result=done, contain=contain)
+        return results

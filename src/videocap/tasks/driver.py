@@ -9,6 +9,9 @@ asks for several group summaries in one round.
 videos share each engine step (continuous batching), and routes each finished `Output` to its task and slot by
 request id — answers pair with the right segment however the engine orders their completion. Tasks know
 nothing of tokens or the engine; `Session` turns an `Ask` into the family's engine `Request`.
+
+A task runs only while all its requests are answered, so a task that fails has nothing left in the engine: the
+driver can end it alone (`contain`) while the others go on.
 """
 
 from __future__ import annotations
@@ -87,12 +90,15 @@ def run(
     on_request: Callable[[], None] | None = None,
     on_result: Callable[[int, Any], None] | None = None,
     max_active: int | None = None,
+    contain: tuple[type[Exception], ...] = (),
 ) -> list[Any]:
     """Drive `tasks` to completion on `session`'s engine; their results in the order given.
 
     At most `max_active` tasks run at once (None: all); the next starts as one finishes. `on_request` is called
-    after each answered request (progress), `on_result(index, result)` as each task finishes. An exception in a
-    task or the engine stops everything; the engine aborts the unfinished requests.
+    after each answered request (progress), `on_result(index, result)` as each task finishes. A task that raises
+    one of `contain` (or whose asks cannot become requests for such a reason) ends alone: the exception is its
+    result (and goes to `on_result`), the other tasks go on. Any other exception in a task, and any in the engine
+    (which cannot say whose request it refused), stops everything; the engine aborts the unfinished requests.
     """
     results: list[Any] = [None] * len(tasks)
     waiting = list(range(len(tasks)))[::-1]  # not started yet, popped from the end
@@ -109,7 +115,7 @@ def run(
             if ready:
                 requests = []
                 for index in ready:
-                    requests += _advance(session, index, running, owner, results, on_result)
+                    requests += _advance(session, index, running, owner, results, on_result, contain)
                 if requests:  # one stream for all of them: they enter the engine together, on its next step
                     streams.insert(0, session.engine.generate(requests))
                 ready = []
@@ -141,8 +147,8 @@ def run(
 
 
 def _advance(session: Session, index: int, running: dict[int, _Running], owner: dict[int, tuple[int, int]],
-             results: list[Any], on_result) -> list[Request]:
-    """Give task `index` its answers (or start it): the requests it asks for next, or none when it returned."""
+             results: list[Any], on_result, contain: tuple[type[Exception], ...]) -> list[Request]:
+    """Give task `index` its answers (or start it): the requests it asks for next, or none when it ended."""
     task = running[index]
     try:
         if task.started:
@@ -150,18 +156,24 @@ def _advance(session: Session, index: int, running: dict[int, _Running], owner: 
         else:
             task.started = True
             asks = next(task.gen)
+        assert asks, "a task must ask for something or return"
+        requests = [session.request(ask) for ask in asks]
     except StopIteration as done:
-        del running[index]
-        results[index] = done.value
-        if on_result is not None:
-            on_result(index, done.value)
-        return []
-    assert asks, "a task must ask for something or return"
-    task.replies = [None] * len(asks)
-    requests = [session.request(ask) for ask in asks]
-    for slot, request in enumerate(requests):
-        owner[request.request_id] = (index, slot)
-    return requests
+        result = done.value
+    except contain as error:
+        task.gen.close()  # a request that could not be built: the task's cleanup runs (its video reader closes)
+        result = error
+    else:
+        task.replies = [None] * len(asks)
+        for slot, request in enumerate(requests):
+            owner[request.request_id] = (index, slot)
+        return requests
+    assert all(i != index for i, _ in owner.values()), "a task ends only once all its requests are answered"
+    del running[index]
+    results[index] = result
+    if on_result is not None:
+        on_result(index, result)
+    return []
 
 
 def _reply(session: Session, out: Output) -> Reply:

@@ -1,4 +1,5 @@
-"""What the captioning modes return: `CaptionResult` (fast, slide), `SummaryResult`, `RecaptionResult`.
+"""What the captioning modes return: `CaptionResult` (fast, slide), `CaptionFailure` (one video of several that
+could not be captioned), `SummaryResult`, `RecaptionResult`.
 
 Times are exact seconds from the start of the video (the sampled frames' presentation times); only prompts use
 the trained whole-second form. `to_dict()` is the `--json` record.
@@ -7,6 +8,9 @@ the trained whole-second form. `to_dict()` is the `--json` record.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
+
+from videocap.errors import VideocapError
 
 
 @dataclass(frozen=True)
@@ -34,9 +38,32 @@ class CaptionResult:
     peak_frames_held: int = 0  # decoded frames held at once (slide streams: at most 2)
     model: str = ""
     warnings: tuple[str, ...] = ()
+    failed: ClassVar[bool] = False
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class CaptionFailure:
+    """A video of several that failed while it was being captioned (a decode error mid-stream, a summary that
+    cannot fit the context); the other videos' results are unaffected. `error` is the reason in one line (the
+    path is in `video`); `exception` is the typed error itself, to inspect or re-raise."""
+
+    video: str
+    mode: str  # "fast" or "slide"
+    model: str
+    error: str
+    exception: VideocapError = field(compare=False, repr=False)
+    failed: ClassVar[bool] = True
+
+    @classmethod
+    def of(cls, video: str, mode: str, model: str, exception: VideocapError) -> CaptionFailure:
+        reason = " ".join(str(exception).split())  # one line
+        return cls(video, mode, model, reason.removeprefix(f"{video}: "), exception)
+
+    def to_dict(self) -> dict:
+        return {"video": self.video, "mode": self.mode, "model": self.model, "error": self.error}
 
 
 @dataclass(frozen=True)
