@@ -14,6 +14,7 @@ from videocap.errors import PromptError, RecordError
 from videocap.tasks.driver import Ask, TaskGen, Usage
 from videocap.tasks.family import Family
 from videocap.tasks.prompts import Step, check_template, render, with_instruction
+from videocap.tasks.records import read_text
 from videocap.tasks.results import RecaptionResult
 
 
@@ -47,15 +48,7 @@ def recaption_task(text: str, family: Family, options: RecaptionOptions) -> Task
 def read_prompts(path: str | os.PathLike) -> list[str]:
     """One prompt per non-blank line of the file at `path`."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = [line.strip() for line in f]
-    except FileNotFoundError:
-        raise RecordError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise RecordError(f"{path}: is a directory, not a file of prompts") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecordError(f"{path}: cannot read the file ({e})") from e
+    lines = [line.strip() for line in read_text(path, "a file of prompts").splitlines()]
     prompts = [line for line in lines if line]
     if not prompts:
         raise RecordError(f"{path}: no prompts (expected one prompt per line)")

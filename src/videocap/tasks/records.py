@@ -37,16 +37,21 @@ class CaptionSet:
 def read_captions(path: str | os.PathLike, *, interval: float | None = None) -> list[CaptionSet]:
     """Every record in the file at `path`, as timed captions."""
     path = os.fspath(path)
+    text = read_text(path, "a captions file")
+    return [from_record(record, where, interval=interval) for record, where in parse_records(path, text)]
+
+
+def read_text(path: str, what: str) -> str:
+    """The UTF-8 text of the file at `path` (`what` it should be, for the error), or a one-line RecordError."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except FileNotFoundError:
         raise RecordError(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise RecordError(f"{path}: is a directory, not a captions file") from None
+        raise RecordError(f"{path}: is a directory, not {what}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise RecordError(f"{path}: cannot read the file ({e})") from e
-    return [from_record(record, where, interval=interval) for record, where in parse_records(path, text)]
 
 
 def parse_records(path: str, text: str) -> list[tuple[dict, str]]:
