@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from PIL import Image
 
 from videocap import __version__
+from videocap.cli_batch import add_batch_command
 from videocap.cli_models import add_model_commands
+from videocap.cli_train import add_train_commands
 from videocap.errors import VideocapError
 
 from videocap.video import Every, Fps, SeekMode, Uniform, Uniform16, VideoInfo, VideoReader, layout, probe
@@ -145,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     frames.add_argument("--quiet", action="store_true", help="no progress bars (keyframes)")
     frames.set_defaults(run=run_frames)
     add_model_commands(commands)
+    add_batch_command(commands)
+    add_train_commands(commands)
     return parser
 
 
