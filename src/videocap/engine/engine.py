@@ -68,6 +68,7 @@ class Engine:
         self.inboxes: dict[int, deque[Output]] = {}  # outputs for requests a `generate` call is waiting on
         self.look_ahead = self.runner.graphs is not None if look_ahead is None else look_ahead
         self.in_flight: InFlight | None = None
+        self.busy_seconds = 0.0  # wall time inside step() (batch reports it over its own wall time: GPU-busy)
 
     def add(self, request: Request) -> Sequence:
         with self.lock:
@@ -100,20 +101,28 @@ class Engine:
 
     def step(self) -> list[Output]:
         with self.lock:
-            if self.in_flight is None:
-                batch = self.scheduler.schedule()
-                logits = self.runner.run(batch)
-                if self.can_look_ahead(batch):
-                    self.in_flight = self.launch_sampling(batch.seqs, logits)
-                else:
-                    outputs = self.postprocess(batch, logits)
-            if self.in_flight is not None:
-                current, self.in_flight = self.in_flight, None
-                self.in_flight = self.look_ahead_step(current)  # step N+1 runs while the host reads step N
-                outputs = self.collect(current)
+            t0 = time.perf_counter()
+            try:
+                outputs = self._step()
+            finally:
+                self.busy_seconds += time.perf_counter() - t0
         for out in outputs:
             if out.request_id in self.inboxes:
                 self.inboxes[out.request_id].append(out)
+        return outputs
+
+    def _step(self) -> list[Output]:
+        if self.in_flight is None:
+            batch = self.scheduler.schedule()
+            logits = self.runner.run(batch)
+            if self.can_look_ahead(batch):
+                self.in_flight = self.launch_sampling(batch.seqs, logits)
+            else:
+                outputs = self.postprocess(batch, logits)
+        if self.in_flight is not None:
+            current, self.in_flight = self.in_flight, None
+            self.in_flight = self.look_ahead_step(current)  # step N+1 runs while the host reads step N
+            outputs = self.collect(current)
         return outputs
 
     def postprocess(self, batch: Batch, logits: torch.Tensor) -> list[Output]:

@@ -12,6 +12,10 @@ nothing of tokens or the engine; `Session` turns an `Ask` into the family's engi
 
 A task runs only while all its requests are answered, so a task that fails has nothing left in the engine: the
 driver can end it alone (`contain`) while the others go on.
+
+Tasks come as a list, or from a `Feed` that hands out new ones as they become ready (batch captioning: videos
+decoded by worker processes); the driver asks the feed for more without waiting while the engine has work, and
+waits only when it is idle.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -30,10 +34,12 @@ TaskGen = Generator[list["Ask"], list["Reply"], Any]
 
 @dataclass(frozen=True)
 class Ask:
-    """One request a task needs: the user message, the image it is about (None: text only), and settings."""
+    """One request a task needs: the user message, the image it is about (None: text only), and settings.
+
+    `image` is a PIL image, or what the family's processor made of one (`prepare_image`) ahead of time."""
 
     text: str
-    image: Image.Image | None = None
+    image: Image.Image | Any | None = None
     preamble: bool = False
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
@@ -64,7 +70,9 @@ class Session:
     def request(self, ask: Ask) -> Request:
         from videocap.models.llava_next.prompt import Turn
 
-        image = self.processor.prepare_image(ask.image) if ask.image is not None else None
+        image = ask.image
+        if isinstance(image, Image.Image):  # else prepared already (batch: by a decode worker)
+            image = self.processor.prepare_image(image)
         return self.processor.request([Turn(ask.text)], ask.sampling, image=image, preamble=ask.preamble)
 
     def count(self, ask: Ask) -> int:
@@ -76,6 +84,30 @@ class Session:
         return self.processor.decode(ids)
 
 
+@runtime_checkable
+class Feed(Protocol):
+    """A source of tasks that become ready over time."""
+
+    def take(self, room: int | None, wait: bool) -> list[TaskGen] | None:
+        """Up to `room` new tasks (None: any number). Waits for at least one only when `wait` (the driver is idle);
+        else returns at once, [] when none is ready. None: no task will ever come again."""
+
+
+class _ListFeed:
+    def __init__(self, tasks: Sequence[TaskGen]):
+        self.tasks, self.next = tasks, 0
+
+    def take(self, room: int | None, wait: bool) -> list[TaskGen] | None:
+        if self.next == len(self.tasks):
+            return None
+        end = len(self.tasks) if room is None else min(len(self.tasks), self.next + room)
+        new, self.next = list(self.tasks[self.next:end]), end
+        return new
+
+
+FEED_POLL_S = 0.005  # while tasks wait on the engine, a feed is asked for new ones at most this often
+
+
 @dataclass
 class _Running:
     gen: TaskGen
@@ -85,7 +117,7 @@ class _Running:
 
 def run(
     session: Session,
-    tasks: Sequence[TaskGen],
+    tasks: Sequence[TaskGen] | Feed,
     *,
     on_request: Callable[[], None] | None = None,
     on_result: Callable[[int, Any], None] | None = None,
@@ -99,31 +131,63 @@ def run(
     one of `contain` (or whose asks cannot become requests for such a reason) ends alone: the exception is its
     result (and goes to `on_result`), the other tasks go on. Any other exception in a task, and any in the engine
     (which cannot say whose request it refused), stops everything; the engine aborts the unfinished requests.
+
+    `tasks` may be a `Feed`: tasks are numbered in the order it gives them, results go to `on_result` only (a
+    feed may give millions) and the list returned is empty.
     """
-    results: list[Any] = [None] * len(tasks)
-    waiting = list(range(len(tasks)))[::-1]  # not started yet, popped from the end
+    feed = tasks if isinstance(tasks, Feed) else _ListFeed(tasks)
+    results: list[Any] = [] if isinstance(tasks, Feed) else [None] * len(tasks)
+    keep = not isinstance(tasks, Feed)
+    count = 0  # tasks taken from the feed so far
+    exhausted = False
     running: dict[int, _Running] = {}
     owner: dict[int, tuple[int, int]] = {}  # request id -> (task index, slot)
     streams: list[Iterator[Output]] = []  # one engine.generate per round of asks, drained round robin
     ready: list[int] = []
+    polled = 0.0
+
+    def take(wait: bool) -> None:
+        nonlocal count, exhausted, polled
+        polled = time.perf_counter()
+        room = None if max_active is None else max_active - len(running)
+        if exhausted or (room is not None and room <= 0):
+            return
+        new = feed.take(room, wait)
+        if new is None:
+            exhausted = True
+            return
+        for gen in new:
+            running[count] = _Running(gen)
+            ready.append(count)
+            count += 1
+
+    def store(index: int, result: Any) -> None:
+        if keep:
+            results[index] = result
+        if on_result is not None:
+            on_result(index, result)
+
     try:
         while True:
-            while waiting and (max_active is None or len(running) < max_active):
-                index = waiting.pop()
-                running[index] = _Running(tasks[index])
-                ready.append(index)
+            take(wait=not running and not ready)
             if ready:
                 requests = []
                 for index in ready:
-                    requests += _advance(session, index, running, owner, results, on_result, contain)
+                    requests += _advance(session, index, running, owner, store, contain)
                 if requests:  # one stream for all of them: they enter the engine together, on its next step
                     streams.insert(0, session.engine.generate(requests))
                 ready = []
                 continue  # a task that returned made room for the next
             if not running:
-                return results
+                if exhausted:
+                    return results
+                continue  # an idle driver waits in the feed
             while not ready:
                 assert streams, "running tasks with no request in the engine"
+                if not exhausted and time.perf_counter() - polled > FEED_POLL_S:
+                    take(wait=False)  # new tasks join the engine's next step, not after a running task ends
+                    if ready:
+                        break
                 try:
                     out = next(streams[0])
                 except StopIteration:
@@ -147,7 +211,7 @@ def run(
 
 
 def _advance(session: Session, index: int, running: dict[int, _Running], owner: dict[int, tuple[int, int]],
-             results: list[Any], on_result, contain: tuple[type[Exception], ...]) -> list[Request]:
+             store: Callable[[int, Any], None], contain: tuple[type[Exception], ...]) -> list[Request]:
     """Give task `index` its answers (or start it): the requests it asks for next, or none when it ended."""
     task = running[index]
     try:
@@ -170,9 +234,7 @@ def _advance(session: Session, index: int, running: dict[int, _Running], owner: 
         return requests
     assert all(i != index for i, _ in owner.values()), "a task ends only once all its requests are answered"
     del running[index]
-    results[index] = result
-    if on_result is not None:
-        on_result(index, result)
+    store(index, result)
     return []
 
 
