@@ -17,7 +17,7 @@ from videocap.engine.request import SamplingParams
 from videocap.errors import VideocapError
 from videocap.tasks import driver
 from videocap.tasks.family import Family, family
-from videocap.tasks.fast import FastOptions, fast_task
+from videocap.tasks.fast import FastInput, FastOptions, fast_task
 from videocap.tasks.plan import KeyframeOptions, VideoPlan, plan_video
 from videocap.tasks.recaption import RecaptionOptions, recaption_task, recaption_text
 from videocap.tasks.records import CaptionSet, from_record, read_captions
@@ -89,20 +89,11 @@ def caption(
     items = [videos] if single else list(videos)
     plans = plan_videos(items, mode, frames=frames, seconds=seconds, start=start, end=end, seek=seek,
                         max_side=max_side, allow_partial=allow_partial, keyframes=keyframes)
-    fam, session = family_of(captioner), session_of(captioner, context_limit)
-    sampling = sampling_of(fam, **generation)
+    session = session_of(captioner, context_limit)
     name = captioner.name
-    if mode == "fast":
-        if first_prompt is not None or summary_prompt is not None:
-            raise VideocapError("--first-prompt and --summary-prompt belong to the slide mode")
-        options = FastOptions(sampling, instruction, prompt, name)
-        make = lambda plan: fast_task(plan, fam, options)  # noqa: E731
-        expected = [1] * len(plans)
-    else:
-        summary = SummaryOptions(sampling, session.limit, session.count, instruction, summary_prompt, name)
-        options = SlideOptions(sampling, summary, first_prompt, prompt, name)
-        make = lambda plan: slide_task(plan, fam, options)  # noqa: E731
-        expected = [len(p.timestamps) + 1 for p in plans]
+    make = task_maker(captioner, session, mode, instruction=instruction, prompt=prompt, first_prompt=first_prompt,
+                      summary_prompt=summary_prompt, **generation)
+    expected = [1] * len(plans) if mode == "fast" else [len(p.timestamps) + 1 for p in plans]
 
     def typed(index: int, result: CaptionResult | VideocapError) -> CaptionResult | CaptionFailure:
         if isinstance(result, VideocapError):
@@ -112,9 +103,34 @@ def caption(
     # One video alone raises its error as it is; of several, a failing one ends alone (a programming error still
     # stops them all).
     contain = () if single else (VideocapError,)
-    results = _run(session, [make(p) for p in plans], expected, progress, f"captioning ({mode})", on_result,
+    results = _run(session, [make(p, None) for p in plans], expected, progress, f"captioning ({mode})", on_result,
                    contain=contain, typed=typed)
     return results[0] if single else results
+
+
+def task_maker(captioner: Captioner, session: driver.Session, mode: str, *, instruction: str | None = None,
+               prompt: str | None = None, first_prompt: str | None = None, summary_prompt: str | None = None,
+               **generation) -> Callable[[VideoPlan, FastInput | None], driver.TaskGen]:
+    """`make(plan, ready)`: the captioning task of `mode` for one planned video (`ready`: the fast mode's input
+    decoded ahead, or None to decode in the task). Options are checked here, once."""
+    fam = family_of(captioner)
+    sampling = sampling_of(fam, **generation)
+    name = captioner.name
+    if mode == "fast":
+        if first_prompt is not None or summary_prompt is not None:
+            raise VideocapError("--first-prompt and --summary-prompt belong to the slide mode")
+        options = FastOptions(sampling, instruction, prompt, name)
+        return lambda plan, ready: fast_task(plan, fam, options, ready)
+    if mode != "slide":
+        raise VideocapError(f"unknown captioning mode {mode!r} (use {' or '.join(MODES)})")
+    summary = SummaryOptions(sampling, session.limit, session.count, instruction, summary_prompt, name)
+    slide = SlideOptions(sampling, summary, first_prompt, prompt, name)
+
+    def make_slide(plan: VideoPlan, ready: FastInput | None) -> driver.TaskGen:
+        assert ready is None, "the slide mode decodes its frames as its steps need them"
+        return slide_task(plan, fam, slide)
+
+    return make_slide
 
 
 def summarize(

@@ -3,12 +3,16 @@
 The frames (uniform16 over the video or window by default, or keyframes) are decoded together, laid out as one
 image (ShareGPT4Video-8B's grid, ShareCaptioner-Video's strip) and captioned with the family's fast prompt plus
 the user's instruction. Its cost does not grow with the video's length.
+
+`fast_input` is the video half (decode + layout), `fast_task` the model half; batch captioning runs the first in
+decode worker processes and hands the task a ready `FastInput` (its image already prepared by the processor).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from videocap.engine.request import SamplingParams
 from videocap.tasks.driver import Ask, TaskGen, Usage
@@ -38,21 +42,44 @@ def fast_text(family: Family, options: FastOptions, timestamps: tuple[float, ...
                             options.instruction)
 
 
-def fast_task(plan: VideoPlan, family: Family, options: FastOptions) -> TaskGen:
-    usage = Usage()
+@dataclass(frozen=True)
+class FastInput:
+    """A video's fast-mode input, decoded: its layout image, the times of the frames in it, and how it went."""
+
+    image: Any  # a PIL image, or what the family's processor made of it (`prepare_image`) ahead of time
+    timestamps: tuple[float, ...]
+    warnings: tuple[str, ...]
+    decode_seconds: float  # decoding and laying out (and preparing, when done ahead)
+    held: int  # distinct decoded frames held at once
+
+
+def fast_input(plan: VideoPlan, family: Family, *, threads: int = 0, prepare=None) -> FastInput:
+    """Decode `plan`'s frames and lay them out; `prepare` (a processor's `prepare_image`) turns the image into the
+    model's input here too. `threads`: decoder threads (0: one per core)."""
     t0 = time.perf_counter()
-    with VideoReader(plan.path, allow_partial=plan.allow_partial) as reader:
+    with VideoReader(plan.path, allow_partial=plan.allow_partial, threads=threads) as reader:
         frames = reader.read(plan.timestamps, plan.seek, plan.max_side)
         warnings = (*plan.warnings, *reader.warnings)
     image = family.fast_layout([f.image for f in frames])
     timestamps = tuple(f.timestamp for f in frames)
     held = len({id(f.image) for f in frames})
     del frames
-    usage.decode_video = time.perf_counter() - t0
-    text = fast_text(family, options, timestamps)
+    if prepare is not None:
+        image = prepare(image)
+    return FastInput(image, timestamps, tuple(warnings), time.perf_counter() - t0, held)
+
+
+def fast_task(plan: VideoPlan, family: Family, options: FastOptions, ready: FastInput | None = None) -> TaskGen:
+    """The fast mode for `plan`: decodes it when the task starts, unless `ready` holds it decoded already."""
+    usage = Usage()
+    if ready is None:
+        ready = fast_input(plan, family)
+    usage.decode_video = ready.decode_seconds
+    text = fast_text(family, options, ready.timestamps)
+    image, ready = ready.image, replace(ready, image=None)  # the task holds no second reference to the pixels
     [reply] = yield [Ask(text, image, family.prompts.fast_preamble, options.sampling)]
     usage.add([reply])
     return CaptionResult(
-        plan.path, "fast", reply.text, (), timestamps, usage.prompt_tokens, usage.new_tokens, usage.requests,
-        reply.finish_reason, usage.timings(), 0, held, options.model, tuple(dict.fromkeys(warnings)),
+        plan.path, "fast", reply.text, (), ready.timestamps, usage.prompt_tokens, usage.new_tokens, usage.requests,
+        reply.finish_reason, usage.timings(), 0, ready.held, options.model, tuple(dict.fromkeys(ready.warnings)),
     )
