@@ -55,6 +55,30 @@ class KeyMap:
         return None
 
 
+class RowPermuted:
+    """A parameter whose rows a checkpoint stores in another order: checkpoint row i is row `perm[i]` of `tensor`.
+
+    A module's `checkpoint_views()` may give one in place of a tensor view (InternLM2's fused `wqkv` interleaves
+    each key/value head's query heads with it; videocap keeps all queries, then keys, then values). The loader
+    only needs `shape` and `copy_`; `read()` gives the tensor back in the checkpoint's order.
+    """
+
+    def __init__(self, tensor: torch.Tensor, perm: torch.Tensor):
+        assert perm.shape == tensor.shape[:1], "one destination row per checkpoint row"
+        self.tensor, self.perm = tensor, perm
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.tensor.shape
+
+    def copy_(self, src: torch.Tensor) -> None:
+        src = src.to(device=self.tensor.device, dtype=self.tensor.dtype)
+        self.tensor.index_copy_(0, self.perm.to(self.tensor.device), src)
+
+    def read(self) -> torch.Tensor:
+        return self.tensor.index_select(0, self.perm.to(self.tensor.device))
+
+
 @dataclass(frozen=True)
 class TensorEntry:
     file: Path
@@ -225,14 +249,14 @@ def load_weights(
     return layout
 
 
-def loadable_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+def loadable_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor | RowPermuted], dict[str, object]]:
     """Every tensor a checkpoint fills, by checkpoint-style name, and what each one belongs to.
 
     Plain parameters under their own names (tied ones share an owner, so either name fills them); fused
     projections (modules with `checkpoint_views()`) by their parts' names, e.g. `...self_attn.q_proj.weight`
-    for a row block of `...self_attn.qkv_proj.weight`.
+    for a row block of `...self_attn.qkv_proj.weight`; re-ordered ones as `RowPermuted` targets.
     """
-    tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, torch.Tensor | RowPermuted] = {}
     owner: dict[str, object] = {}
     fused: set[str] = set()
     for prefix, module in model.named_modules():

@@ -190,14 +190,22 @@ class SelfAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], meta: AttnMetadata, cache: torch.Tensor
     ) -> torch.Tensor:
-        T, H, KV, D = x.shape[0], self.heads, self.kv_heads, self.head_dim
-        qkv = self.qkv_proj(x)  # (T, (H + 2 KV) * D)
-        v = qkv[:, (H + KV) * D :].view(T, KV, D)
-        if meta.fused:  # rotary and the cache write in one kernel; the keys come back only where attention reads them
-            q, k = fused.rope_and_cache(qkv, *cos_sin, cache, meta.slot_mapping, H, KV, keys=meta.fresh_prefill)
-        else:
-            qk = Rotary.apply(qkv[:, : (H + KV) * D].view(T, H + KV, D), *cos_sin)  # q and k rotated in one pass
-            q, k = qk[:, :H], qk[:, H:]
-            write_kv(cache, k, v, meta.slot_mapping)
-        out = attention(q, k, v, cache, meta, D**-0.5)
-        return self.o_proj(out.reshape(T, self.heads * self.head_dim))
+        out = attend(self.qkv_proj(x), self.heads, self.kv_heads, self.head_dim, cos_sin, meta, cache)
+        return self.o_proj(out)
+
+
+def attend(
+    qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int, cos_sin: tuple[torch.Tensor, torch.Tensor],
+    meta: AttnMetadata, cache: torch.Tensor,
+) -> torch.Tensor:
+    """Projected (T, (H + 2 KV) * D) queries/keys/values, heads in order [q | k | v] → (T, H * D) attention output:
+    rotary positions, the new keys/values written to `cache`, causal attention over each sequence's context."""
+    T, H, KV, D = qkv.shape[0], heads, kv_heads, head_dim
+    v = qkv[:, (H + KV) * D :].view(T, KV, D)
+    if meta.fused:  # rotary and the cache write in one kernel; the keys come back only where attention reads them
+        q, k = fused.rope_and_cache(qkv, *cos_sin, cache, meta.slot_mapping, H, KV, keys=meta.fresh_prefill)
+    else:
+        qk = Rotary.apply(qkv[:, : (H + KV) * D].view(T, H + KV, D), *cos_sin)  # q and k rotated in one pass
+        q, k = qk[:, :H], qk[:, H:]
+        write_kv(cache, k, v, meta.slot_mapping)
+    return attention(q, k, v, cache, meta, D**-0.5).reshape(T, H * D)
