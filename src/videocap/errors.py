@@ -112,3 +112,8 @@ class VideoTooShortError(VideoError):
 
 class KeyframeSettingsError(VideocapError, ValueError):
     """Keyframe-selection settings that cannot be used (a threshold outside [-1, 1], a non-positive interval)."""
+
+
+class BatchInputError(VideocapError, ValueError):
+    """A batch job's input (directory, glob, list or manifest) or journal that cannot be used; the message names the
+    file, the line and what is wrong."""

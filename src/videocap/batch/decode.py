@@ -1,0 +1,178 @@
+"""Decode workers: processes that probe, plan, decode and lay out videos ahead of the engine.
+
+Each worker takes items from a bounded job queue, turns each into a `Decoded` (the plan and, for the fast mode,
+the layout image already prepared by the family's processor — pixels ready for the engine; or an error record's
+reason) and puts it, pickled, on a bounded ready queue. A full ready queue blocks the workers: that is the
+prefetch bound, and it caps the memory decoded videos hold. The engine side never decodes in the fast mode.
+The sliding mode decodes its frames as its steps need them (two at a time, conditioned on the captions before),
+so its workers only probe and plan; its frames are decoded in the engine's process.
+
+Workers are spawned (not forked: the parent may hold CUDA and threads), ignore Ctrl-C (the parent decides), and
+decode with one thread each (one process per core scales better than threads within one decoder).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from videocap.batch import records
+from videocap.batch.inputs import Item
+from videocap.errors import VideocapError
+from videocap.video import SeekMode
+
+END = b"end"  # on the ready queue: no more items for this consumer
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How every video of the job is planned and decoded."""
+
+    mode: str  # "fast" or "slide"
+    family: str  # the model family (its layout)
+    frames: int | None = None  # fast: frames in the layout (default 16)
+    seconds: float = 2.0  # slide: a frame every `seconds`
+    seek: SeekMode = SeekMode.EXACT
+    max_side: int | None = None
+    allow_partial: bool = False
+    max_duration: float | None = None  # seconds; longer videos (windows) are refused as "too long"
+    threads: int = 1  # decoder threads per worker
+
+
+@dataclass
+class Decoded:
+    """A video ready for the engine (`plan`, and `ready` in the fast mode) or refused (`error`, `reason`)."""
+
+    item: Item
+    plan: object | None = None  # VideoPlan
+    ready: object | None = None  # FastInput with a prepared image
+    error: str | None = None
+    reason: str | None = None
+    seconds: float = 0.0  # in the worker
+
+
+def decode_item(item: Item, settings: DecodeSettings, prepare=None) -> Decoded:
+    """`item` planned and (fast) decoded, or the reason it cannot be captioned. Never raises for a bad video."""
+    from videocap.tasks.family import family
+    from videocap.tasks.fast import fast_input
+    from videocap.tasks.plan import plan_video
+    from videocap.video import probe
+
+    t0 = time.perf_counter()
+    try:
+        if settings.max_duration is not None:
+            info = probe(item.path, count_frames=False)
+            span = (item.end if item.end is not None else info.duration) - (item.start or 0.0)
+            if span > settings.max_duration:
+                return Decoded(item, error=f"{span:.1f} s of video is longer than --max-duration "
+                               f"{settings.max_duration:g} s", reason=records.TOO_LONG,
+                               seconds=time.perf_counter() - t0)
+        plan = plan_video(item.path, settings.mode, frames=settings.frames, seconds=settings.seconds,
+                          start=item.start, end=item.end, seek=settings.seek, max_side=settings.max_side,
+                          allow_partial=settings.allow_partial)
+        ready = None
+        if settings.mode == "fast":
+            ready = fast_input(plan, family(settings.family), threads=settings.threads, prepare=prepare)
+        return Decoded(item, plan, ready, seconds=time.perf_counter() - t0)
+    except (VideocapError, MemoryError) as e:
+        failed = records.failure(item, settings.mode, "", e)
+    except Exception as e:  # noqa: BLE001 - an input FFmpeg or a layout chokes on in a way nobody typed: this
+        # video fails, the job goes on (the type names it for a bug report)
+        failed = records.failure(item, settings.mode, "", f"{type(e).__name__}: {e}", "error")
+    return Decoded(item, error=failed["error"], reason=failed["reason"], seconds=time.perf_counter() - t0)
+
+
+def _worker(jobs, ready, settings: DecodeSettings, prepare_blob: bytes | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    import torch
+
+    torch.set_num_threads(1)
+    prepare = pickle.loads(prepare_blob) if prepare_blob is not None else None
+    while True:
+        item = jobs.get()
+        if item is None:
+            return
+        ready.put(pickle.dumps(decode_item(item, settings, prepare), protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def default_workers(gpus: int = 1) -> int:
+    """One decode process per core, less one core per engine process."""
+    return max(1, (os.cpu_count() or 2) - gpus)
+
+
+class DecodePool:
+    """`workers` decode processes over `items`; `ready` is the queue their results arrive on (pickled `Decoded`s,
+    then `END` once per consumer). `prepare`: the processor's `prepare_image` (picklable) or None. `ready`: a queue
+    made beforehand (engine processes spawned before the pool hold it)."""
+
+    def __init__(self, items: Iterable[Item], settings: DecodeSettings, *, workers: int, prefetch: int,
+                 consumers: int = 1, prepare=None, context=None, ready=None):
+        import multiprocessing as mp
+
+        ctx = context or mp.get_context("spawn")
+        self.jobs = ctx.Queue(maxsize=2 * workers)
+        self.ready = ready if ready is not None else ctx.Queue(maxsize=max(1, prefetch))
+        self.stopping = threading.Event()
+        blob = pickle.dumps(prepare) if prepare is not None else None
+        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # spawned children read their environment at start
+        try:
+            self.procs = [ctx.Process(target=_worker, args=(self.jobs, self.ready, settings, blob), daemon=True,
+                                      name=f"videocap-decode-{k}") for k in range(workers)]
+            for p in self.procs:
+                p.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        self.consumers = consumers
+        self.feeder = threading.Thread(target=self._feed, args=(iter(items),), daemon=True, name="decode-feeder")
+        self.feeder.start()
+
+    def _feed(self, items) -> None:
+        for item in items:
+            if not self._put(self.jobs, item):
+                return
+        for _ in self.procs:
+            if not self._put(self.jobs, None):
+                return
+        for p in self.procs:  # their last results are in the pipe once they have exited
+            while p.is_alive():
+                p.join(0.2)
+                if self.stopping.is_set():
+                    return
+        for _ in range(self.consumers):
+            if not self._put(self.ready, END):
+                return
+
+    def _put(self, q, value) -> bool:
+        """Put `value` on `q`, waiting while it is full; False when the pool stops first."""
+        while not self.stopping.is_set():
+            try:
+                q.put(value, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def stop(self) -> None:
+        """Stop feeding and end the workers (what they were decoding is dropped: nothing of it was written)."""
+        self.stopping.set()
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs:
+            p.join(5)
+        self.feeder.join(5)
+        for q in (self.jobs, self.ready):
+            q.cancel_join_thread()
+            q.close()

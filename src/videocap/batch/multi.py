@@ -1,0 +1,127 @@
+"""`--gpus N`: one engine process per GPU (cuda:0 .. cuda:N-1, or N engines on the CPU) over one shared queue.
+
+The parent owns the inputs, the decode pool and the journal; each engine process loads the model on its device,
+takes decoded videos from the one ready queue (whichever engine is free takes the next: no static split), and
+sends its records back on a results queue for the parent to write. The first engine to load also sends its
+processor, which the decode workers need to prepare images, so decoding starts as soon as one model is loaded.
+Engine processes ignore Ctrl-C: the parent sets the shared stop event, and they finish what they run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+import queue
+import signal
+import time
+from dataclasses import dataclass
+
+from videocap.batch.decode import DecodePool
+from videocap.batch.engine_loop import EngineLoop, EngineStats
+from videocap.errors import VideocapError
+
+
+@dataclass(frozen=True)
+class _Msg:
+    kind: str  # "processor" | "ready" | "record" | "log" | "done" | "fatal"
+    rank: int
+    value: object = None
+
+
+def devices(config) -> list[str]:
+    base = config.load.device
+    if base is not None and base.startswith("cpu"):
+        return ["cpu"] * config.gpus
+    import torch
+
+    if not torch.cuda.is_available():
+        raise VideocapError(f"--gpus {config.gpus} needs CUDA GPUs (this torch sees none); --device cpu runs "
+                            "that many CPU engines")
+    if torch.cuda.device_count() < config.gpus:
+        raise VideocapError(f"--gpus {config.gpus}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return [f"cuda:{k}" for k in range(config.gpus)]
+
+
+def _engine_main(rank: int, device: str, config, ready, results, stop) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    try:
+        from videocap.batch.pipeline import picklable_prepare
+        from videocap.tasks.captioning import family_of
+
+        if device == "cpu":  # N CPU engines share the cores
+            import os
+
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.gpus))
+        captioner = config.load.load(device)
+        say = lambda message: results.put(_Msg("log", rank, message))  # noqa: E731
+        loop = EngineLoop(captioner, ready, config.task, lambda r: results.put(_Msg("record", rank, r)), stop, say)
+        prepare = picklable_prepare(captioner.processor, say)
+        results.put(_Msg("processor", rank, (family_of(captioner).name,
+                                             pickle.dumps(prepare) if prepare is not None else None)))
+        results.put(_Msg("ready", rank))
+        stats = loop.run()
+        results.put(_Msg("done", rank, stats))
+    except BaseException as e:  # noqa: BLE001 - whatever ends this engine, the parent must hear of it
+        message = f"engine {rank} ({device}): {' '.join(str(e).split()) or type(e).__name__}"
+        results.put(_Msg("fatal", rank, message if isinstance(e, VideocapError) else f"{message} ({type(e).__name__})"))
+
+
+def run(config, todo, emit, stop_event, say, ready_callback) -> list[EngineStats]:
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    results = ctx.Queue()
+    # The pool's ready queue is made now so that the engines can be handed it at spawn; the pool fills it later.
+    ready = ctx.Queue(maxsize=config.prefetch_size)
+    procs = [ctx.Process(target=_engine_main, args=(rank, dev, config, ready, results, stop), daemon=True,
+                         name=f"videocap-engine-{rank}") for rank, dev in enumerate(devices(config))]
+    for p in procs:
+        p.start()
+    pool = None
+    stats: dict[int, EngineStats] = {}
+    started: set[int] = set()
+    try:
+        while len(stats) < len(procs):
+            if stop_event.is_set() and not stop.is_set():
+                stop.set()
+                if pool is not None:
+                    pool.stop()
+            try:
+                msg = results.get(timeout=0.2)
+            except queue.Empty:
+                dead = [k for k, p in enumerate(procs) if not p.is_alive() and k not in stats]
+                if dead and results.empty():
+                    time.sleep(0.2)  # its last messages may still be in the pipe
+                    if results.empty():
+                        raise VideocapError(f"engine process {dead[0]} ended without a word "
+                                            f"(exit code {procs[dead[0]].exitcode})")
+                continue
+            if msg.kind == "record":
+                emit(msg.value)
+            elif msg.kind == "processor" and pool is None:
+                family, blob = msg.value
+                pool = DecodePool(todo, config.decode_settings(family), workers=config.workers,
+                                  prefetch=config.prefetch_size, consumers=len(procs),
+                                  prepare=pickle.loads(blob) if blob is not None else None, context=ctx,
+                                  ready=ready)
+            elif msg.kind == "ready":
+                started.add(msg.rank)
+                if len(started) == len(procs):
+                    ready_callback()
+            elif msg.kind == "log":
+                say(msg.value)
+            elif msg.kind == "done":
+                stats[msg.rank] = msg.value
+            elif msg.kind == "fatal":
+                raise VideocapError(msg.value)
+        return [stats[k] for k in sorted(stats)]
+    finally:
+        stop.set()
+        if pool is not None:
+            pool.stop()
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
