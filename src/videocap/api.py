@@ -17,10 +17,9 @@ from tqdm import tqdm
 from videocap.engine.engine import Engine
 from videocap.errors import CheckpointError, DeviceError
 from videocap.models.llava_next import prompt
-from videocap.models.llava_next.config import load_config
-from videocap.models.llava_next.processor import ImageView, LlavaNextProcessor
-from videocap.models.llava_next.weights import load as load_llava_next
+from videocap.models.llava_next.processor import ImageView
 from videocap.tasks.ask import Answer, Chat, VideoGrid
+from videocap.tasks.family import family as family_named
 from videocap.tasks.results import CaptionFailure, CaptionResult, RecaptionResult, SummaryResult
 from videocap.weights import hub
 
@@ -54,24 +53,29 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 
 class Captioner:
-    """A loaded model with its processor and engine."""
+    """A loaded model with its processor and engine; `family` names its model family ("llava_next" for
+    ShareGPT4Video-8B, "xcomposer2" for ShareCaptioner-Video), which picks its layouts and generation defaults."""
 
-    def __init__(self, model, processor: LlavaNextProcessor, engine: Engine, name: str):
-        self.model, self.processor, self.engine, self.name = model, processor, engine, name
+    def __init__(self, model, processor, engine: Engine, name: str, family: str = "llava_next"):
+        self.model, self.processor, self.engine, self.name, self.family = model, processor, engine, name, family
 
     def ask(self, video: str | os.PathLike | VideoGrid, question: str = prompt.DEFAULT_QUERY, *, frames: int = 16,
             start: float | None = None, end: float | None = None, preamble: bool = True, **generation) -> Answer:
-        """Answer one question about `video` (a path, or a `VideoGrid` already sampled).
+        """Answer one question about `video` (a path, or a `VideoGrid` already sampled). The frames are laid out
+        as the model's family sees a whole video: ShareGPT4Video-8B's grid, ShareCaptioner-Video's labelled strip.
 
-        `generation`: max_new_tokens, temperature, top_p, top_k, seed, on_text (called with each new piece of text).
+        `generation`: max_new_tokens and num_beams (default: the family's, 512 and 1 for ShareGPT4Video-8B, 2048
+        and 3 for ShareCaptioner-Video), temperature, top_p, top_k, seed, on_text (called with each new piece of
+        text).
         """
         return self.chat(video, frames=frames, start=start, end=end, preamble=preamble).ask(question, **generation)
 
     def chat(self, video: str | os.PathLike | VideoGrid, *, frames: int = 16, start: float | None = None,
              end: float | None = None, preamble: bool = True) -> Chat:
+        layout = family_named(self.family).fast_layout
         if not isinstance(video, VideoGrid):
-            video = VideoGrid.of(video, frames, start=start, end=end)
-        return Chat(self, video, preamble=preamble)
+            video = VideoGrid.of(video, frames, start=start, end=end, compose=layout)
+        return Chat(self, video.laid_out(layout), preamble=preamble)
 
 
     def caption(self, video: str | os.PathLike | Sequence[str | os.PathLike], mode: str = "fast", *,
@@ -148,22 +152,52 @@ def load(
     model = os.fspath(model)
     model_dir = hub.resolve(model, allow_pickle=allow_pickle, progress=progress)
     family = model_family(model_dir)
-    if family != "llava_next":
-        raise CheckpointError(f"{model}: model family {family!r} is not supported yet")
-    cfg = load_config(model_dir)
-    tokenizer = prompt.load_tokenizer(model_dir)
-    if tokenizer.get_vocab_size(with_added_tokens=True) > cfg.text.vocab_size:
-        raise CheckpointError(
-            f"{model}: the tokenizer has {tokenizer.get_vocab_size(with_added_tokens=True)} tokens but the model's "
-            f"vocabulary only {cfg.text.vocab_size}: tokenizer.json does not belong to this checkpoint"
-        )
+    if family not in LOADERS:
+        raise CheckpointError(f"{model}: model family {family!r} is not supported (videocap runs LLaVA-NeXT / "
+                              "llava_llama checkpoints and InternLM-XComposer2-4KHD, model_type internlmxcomposer2)")
     total = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
     with tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", disable=not progress or total < 1 << 26) as bar:
-        net = load_llava_next(model_dir, device=dev, dtype=dt, allow_pickle=allow_pickle, progress=bar.update)
+        net, processor = LOADERS[family](model, Path(model_dir), dev, dt, allow_pickle, view, bar.update)
     if max_cache_tokens is None and dev.type != "cuda":
         max_cache_tokens = net.max_context()
     engine = Engine(net, max_cache_tokens=max_cache_tokens, gpu_memory_fraction=gpu_memory_fraction, eager=eager)
-    return Captioner(net, LlavaNextProcessor(cfg, tokenizer, view), engine, model)
+    return Captioner(net, processor, engine, model, family)
+
+
+def _load_llava_next(name: str, model_dir: Path, device: torch.device, dtype: torch.dtype, allow_pickle: bool,
+                     view: ImageView, progress) -> tuple:
+    from videocap.models.llava_next.config import load_config
+    from videocap.models.llava_next.processor import LlavaNextProcessor
+    from videocap.models.llava_next.weights import load as load_weights
+
+    cfg = load_config(model_dir)
+    tokenizer = prompt.load_tokenizer(model_dir)
+    _check_vocab(name, tokenizer.get_vocab_size(with_added_tokens=True), cfg.text.vocab_size, "tokenizer.json")
+    net = load_weights(model_dir, device=device, dtype=dtype, allow_pickle=allow_pickle, progress=progress)
+    return net, LlavaNextProcessor(cfg, tokenizer, view)
+
+
+def _load_xcomposer2(name: str, model_dir: Path, device: torch.device, dtype: torch.dtype, allow_pickle: bool,
+                     view: ImageView, progress) -> tuple:
+    from videocap.models.xcomposer2.config import load_config
+    from videocap.models.xcomposer2.processor import XComposer2Processor
+    from videocap.models.xcomposer2.prompt import load_tokenizer
+    from videocap.models.xcomposer2.weights import load as load_weights
+
+    cfg = load_config(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    _check_vocab(name, tokenizer.vocab_size, cfg.vocab_size, "tokenizer.model")
+    net = load_weights(model_dir, device=device, dtype=dtype, allow_pickle=allow_pickle, progress=progress)
+    return net, XComposer2Processor(cfg, tokenizer)
+
+
+def _check_vocab(name: str, tokens: int, vocab: int, file: str) -> None:
+    if tokens > vocab:
+        raise CheckpointError(f"{name}: the tokenizer has {tokens} tokens but the model's vocabulary only {vocab}: "
+                              f"{file} does not belong to this checkpoint")
+
+
+LOADERS = {"llava_next": _load_llava_next, "xcomposer2": _load_xcomposer2}
 
 
 def model_family(model_dir: Path) -> str:
@@ -176,4 +210,6 @@ def model_family(model_dir: Path) -> str:
     model_type = config.get("model_type")
     if model_type in ("llava_next", "llava_llama", "llava"):
         return "llava_next"
+    if model_type == "internlmxcomposer2":
+        return "xcomposer2"
     return str(model_type)

@@ -14,6 +14,7 @@ DEFAULT_MODEL = "sharegpt4video-8b"
 MODEL_EPILOG = """\
 models: a Hub id (optionally @revision), a local checkpoint directory, or an alias:
   sharegpt4video-8b     Lin-Chen/sharegpt4video-8b (LLaVA-NeXT + Llama-3-8B, ~16.7 GB)
+  sharecaptioner-video  Lin-Chen/ShareCaptioner-Video (InternLM-XComposer2-4KHD, InternLM2-7B)
 The first use downloads into the Hugging Face cache (HF_HOME); later uses read the cache with no network.
 HF_HUB_OFFLINE=1 never touches the network. Only safetensors weights are read unless --allow-pickle."""
 
@@ -21,8 +22,9 @@ HF_HUB_OFFLINE=1 never touches the network. Only safetensors weights are read un
 def add_model_commands(commands) -> None:
     ask = commands.add_parser(
         "ask", help="answer a question about a video",
-        description="Sample frames of VIDEO (ShareGPT4Video-8B's uniform16), tile them into one grid image, and "
-        "answer QUESTION with the model. The answer streams to stdout; --json prints one JSON object instead.",
+        description="Sample frames of VIDEO (ShareGPT4Video-8B's uniform16), lay them out as one image (the 8B's "
+        "grid; ShareCaptioner-Video's labelled strip) and answer QUESTION with the model. The answer streams to "
+        "stdout; --json prints one JSON object instead.",
         epilog=MODEL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ask.add_argument("video", help="path to the video file")
@@ -67,17 +69,17 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model id, alias or directory (default: {DEFAULT_MODEL})")
     p.add_argument("--frames", type=_positive_int, default=16, metavar="N",
-                   help="frames tiled into the grid (default: 16, as the model was trained)")
+                   help="frames laid out in the one image (default: 16, as the models were trained)")
     p.add_argument("--start", type=_seconds, default=None, metavar="S", help="window start in seconds")
     p.add_argument("--end", type=_seconds, default=None, metavar="S", help="window end in seconds")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
                    help="weights and compute dtype (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--image-view", choices=["anyres", "base"], default="anyres",
-                   help="anyres: base view + tiles, as the model was trained (default); base: the 336 px base "
-                   "view only, what the reference run.py and demo actually feed")
+                   help="ShareGPT4Video-8B: anyres: base view + tiles, as the model was trained (default); base: the "
+                   "336 px base view only, what the reference run.py and demo actually feed")
     p.add_argument("--no-preamble", dest="preamble", action="store_false",
-                   help="leave out the grid preamble the reference puts before the question")
+                   help="ShareGPT4Video-8B: leave out the grid preamble the reference puts before the question")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (can run code)")
     p.add_argument("--max-side", type=_positive_int, default=None, metavar="PX",
                    help="downscale frames to at most PX while decoding (cheaper for 4K sources; the grid is at most "
@@ -91,8 +93,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 def add_generation_options(p: argparse.ArgumentParser) -> None:
     from videocap.cli import _positive_int
 
-    p.add_argument("--max-new-tokens", type=_positive_int, default=512, metavar="N",
-                   help="stop after N new tokens (default: 512, as run.py)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=None, metavar="N",
+                   help="stop after N new tokens (default: the model's reference: 512 for ShareGPT4Video-8B, as "
+                   "run.py; 2048 for ShareCaptioner-Video, as the captioner demo)")
+    p.add_argument("--num-beams", type=_positive_int, default=None, metavar="N",
+                   help="beam search over N beams, 1 = greedy (default: the model's reference when not sampling: 1 "
+                   "for ShareGPT4Video-8B, 3 for ShareCaptioner-Video; 1 with --temperature > 0)")
     p.add_argument("--temperature", type=_temperature, default=0.0,
                    help="0 = greedy, as run.py (default); the web demo uses 0.1 with --top-p 0.9")
     p.add_argument("--top-p", type=_top_p, default=1.0, help="nucleus sampling mass (default: 1.0)")
@@ -127,16 +133,17 @@ def load_from_args(args: argparse.Namespace):
 
 
 def generation_kwargs(args: argparse.Namespace) -> dict:
-    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                top_k=args.top_k, seed=args.seed, repetition_penalty=args.repetition_penalty)
+    return dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, temperature=args.temperature,
+                top_p=args.top_p, top_k=args.top_k, seed=args.seed, repetition_penalty=args.repetition_penalty)
 
 
 def video_grid(args: argparse.Namespace):
-    """Sample and lay out the video first: a bad video fails before a model load (16 GB of reading at 8B)."""
+    """Sample the video first: a bad video fails before a model load (16 GB of reading at 8B). The frames are laid
+    out once the model is loaded (its family decides how)."""
     from videocap.tasks.ask import VideoGrid
 
     grid = VideoGrid.of(args.video, args.frames, start=args.start, end=args.end, max_side=args.max_side,
-                        allow_partial=args.allow_partial)
+                        allow_partial=args.allow_partial, compose=None)
     for warning in grid.warnings:
         print(f"videocap: warning: {args.video}: {warning}", file=sys.stderr)
     return grid

@@ -1,8 +1,10 @@
 """Questions about one video: `ask` (one question) and `Chat` (a conversation that keeps the video's frames and
 image embeddings, so a follow-up neither decodes the video nor runs the vision encoder again).
 
-The video becomes one image: `frames` frames sampled with ShareGPT4Video-8B's formula (uniform16) and tiled into
-its grid with white bands. Generation goes through the engine; text streams to an optional callback.
+The video becomes one image: `frames` frames sampled with ShareGPT4Video-8B's formula (uniform16) and laid out as
+the model's family sees a whole video (ShareGPT4Video-8B: its grid with white bands; ShareCaptioner-Video: its
+labelled strip). Generation goes through the engine, with the family's defaults (tasks/family.py); text streams
+to an optional callback.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from videocap.engine.request import Output, SamplingParams, image_key
+from videocap.engine.request import Output, image_key
 from videocap.errors import PromptError
 from videocap.models.llava_next.prompt import DEFAULT_QUERY, Turn
+from videocap.tasks.family import family
 from videocap.video import SeekMode, Uniform16, layout, sample
 
 if TYPE_CHECKING:
@@ -81,12 +84,15 @@ class TextStream:
 
 @dataclass(frozen=True)
 class VideoGrid:
-    """A video as ShareGPT4Video-8B sees it: `frames` frames (uniform16) tiled into one grid image."""
+    """A video as one image: `frames` frames (uniform16) laid out by `compose` (ShareGPT4Video-8B's grid by
+    default). With `compose=None` the sampled frames are kept unlaid (`image` None) until `laid_out(compose)`: the
+    CLI samples a video before it knows which model family will read it."""
 
-    image: Image.Image
+    image: Image.Image | None
     timestamps: tuple[float, ...]  # seconds, the frames the grid shows
     seconds: float  # decoding and laying out took this long
     warnings: tuple[str, ...] = ()  # e.g. sampled from the decodable part of a damaged file
+    frames: tuple = ()  # the sampled frames, kept only while `image` is None
 
     @staticmethod
     def of(
@@ -98,18 +104,31 @@ class VideoGrid:
         seek: SeekMode = SeekMode.EXACT,
         max_side: int | None = None,
         allow_partial: bool = False,
+        compose: Callable[[Sequence], Image.Image] | None = layout.grid,
     ) -> VideoGrid:
         t0 = time.perf_counter()
         sampled = sample(video, Uniform16(frames), start=start, end=end, mode=seek, max_side=max_side,
                          allow_partial=allow_partial)
-        grid = layout.grid(sampled.images)
+        if compose is None:
+            return VideoGrid(None, sampled.timestamps, time.perf_counter() - t0, sampled.warnings,
+                             tuple(sampled.images))
+        grid = compose(sampled.images)
         return VideoGrid(grid, sampled.timestamps, time.perf_counter() - t0, sampled.warnings)
+
+    def laid_out(self, compose: Callable[[Sequence], Image.Image]) -> VideoGrid:
+        """This video with its frames laid out by `compose` (itself when it already is an image)."""
+        if self.image is not None:
+            return self
+        t0 = time.perf_counter()
+        return VideoGrid(compose(list(self.frames)), self.timestamps, self.seconds + time.perf_counter() - t0,
+                         self.warnings)
 
 
 class Chat:
     """A conversation about one video. `ask()` appends a turn; `reset()` forgets the turns, not the video."""
 
     def __init__(self, captioner: Captioner, video: VideoGrid, *, preamble: bool = True):
+        assert video.image is not None, "lay the video out first (VideoGrid.laid_out)"
         self.captioner = captioner
         self.preamble = preamble
         self.grid = video.image
@@ -124,7 +143,8 @@ class Chat:
         self,
         question: str = DEFAULT_QUERY,
         *,
-        max_new_tokens: int = 512,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
         temperature: float = 0.0,
         top_p: float = 1.0,
         top_k: int = 0,
@@ -134,16 +154,17 @@ class Chat:
         on_text: Callable[[str], None] | None = None,
     ) -> Answer:
         """Answer `question` after the earlier turns. `stop`: strings that end the answer (left out of it), checked
-        on the host as tokens arrive — with look-ahead decoding, while the GPU computes the next token."""
+        on the host as tokens arrive — with look-ahead decoding, while the GPU computes the next token.
+        `max_new_tokens` and `num_beams` default to the model family's (tasks/family.py: `sampling`)."""
         if not isinstance(question, str):
             raise PromptError(f"a question must be text, got {type(question).__name__}")
         stop = (stop,) if isinstance(stop, str) else tuple(stop)
         if not all(isinstance(s, str) and s for s in stop):
             raise PromptError(f"stop strings must be non-empty text, got {list(stop)!r}")
         t0 = time.perf_counter()
-        sampling = SamplingParams(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-            repetition_penalty=repetition_penalty,
+        sampling = family(getattr(self.captioner, "family", "llava_next")).sampling(
+            max_new_tokens=max_new_tokens, num_beams=num_beams, temperature=temperature, top_p=top_p, top_k=top_k,
+            seed=seed, repetition_penalty=repetition_penalty,
         )
         processor = self.captioner.processor
         request = processor.request(

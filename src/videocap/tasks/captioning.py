@@ -45,12 +45,10 @@ def family_of(captioner: Captioner) -> Family:
     return family(getattr(captioner, "family", "llava_next"))
 
 
-def sampling_of(fam: Family, *, max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
-                top_k: int = 0, seed: int | None = None, repetition_penalty: float = 1.0) -> SamplingParams:
-    """The family's generation defaults (greedy, its reference's answer budget) with the caller's changes."""
-    return SamplingParams(max_new_tokens=fam.max_new_tokens if max_new_tokens is None else max_new_tokens,
-                          temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                          repetition_penalty=repetition_penalty)
+def sampling_of(fam: Family, **generation) -> SamplingParams:
+    """The family's generation defaults (its reference's answer budget and beam width) with the caller's changes:
+    max_new_tokens, num_beams, temperature, top_p, top_k, seed, repetition_penalty."""
+    return fam.sampling(**generation)
 
 
 def plan_videos(videos: Sequence[str | os.PathLike | VideoPlan], mode: str, **plan_args) -> list[VideoPlan]:

@@ -36,12 +36,14 @@ TaskGen = Generator[list["Ask"], list["Reply"], Any]
 class Ask:
     """One request a task needs: the user message, the image it is about (None: text only), and settings.
 
-    `image` is a PIL image, or what the family's processor made of one (`prepare_image`) ahead of time."""
+    `image` is a PIL image, or what the family's processor made of one (`prepare_image`) ahead of time.
+    `hd_num`: the HD_transform budget a PIL image is seen at (ShareCaptioner-Video; None: the processor's own)."""
 
     text: str
     image: Image.Image | Any | None = None
     preamble: bool = False
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    hd_num: int | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,8 @@ class Session:
 
         image = ask.image
         if isinstance(image, Image.Image):  # else prepared already (batch: by a decode worker)
-            image = self.processor.prepare_image(image)
+            detail = {} if ask.hd_num is None else {"hd_num": ask.hd_num}  # only ShareCaptioner-Video's takes one
+            image = self.processor.prepare_image(image, **detail)
         return self.processor.request([Turn(ask.text)], ask.sampling, image=image, preamble=ask.preamble)
 
     def count(self, ask: Ask) -> int:

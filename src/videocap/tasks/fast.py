@@ -77,7 +77,7 @@ def fast_task(plan: VideoPlan, family: Family, options: FastOptions, ready: Fast
     usage.decode_video = ready.decode_seconds
     text = fast_text(family, options, ready.timestamps)
     image, ready = ready.image, replace(ready, image=None)  # the task holds no second reference to the pixels
-    [reply] = yield [Ask(text, image, family.prompts.fast_preamble, options.sampling)]
+    [reply] = yield [Ask(text, image, family.prompts.fast_preamble, options.sampling, family.hd_num.get(Step.FAST))]
     usage.add([reply])
     return CaptionResult(
         plan.path, "fast", reply.text, (), ready.timestamps, usage.prompt_tokens, usage.new_tokens, usage.requests,

@@ -76,7 +76,7 @@ def slide_task(plan: VideoPlan, family: Family, options: SlideOptions) -> TaskGe
             raise CorruptVideoError(plan.path, "no frame of the plan could be decoded")
         image = family.frame(prev.image)
         [reply] = yield [Ask(first_text(family, options, prev.timestamp), image, family.prompts.first_preamble,
-                             options.sampling)]
+                             options.sampling, family.hd_num.get(Step.FIRST))]
         usage.add([reply])
         segments = [Segment(prev.timestamp, prev.timestamp, reply.text)]
         timestamps = [prev.timestamp]
@@ -93,7 +93,8 @@ def slide_task(plan: VideoPlan, family: Family, options: SlideOptions) -> TaskGe
             text = pair_text(family, options, i, prev.timestamp, cur.timestamp, segments[-1].text)
             prev = cur
             held.drop()  # the earlier frame lives on only inside the composed pair image
-            [reply] = yield [Ask(text, image, family.prompts.pair_preamble, options.sampling)]
+            [reply] = yield [Ask(text, image, family.prompts.pair_preamble, options.sampling,
+                                 family.hd_num.get(Step.PAIR))]
             usage.add([reply])
             segments.append(Segment(segments[-1].end, cur.timestamp, reply.text))
             timestamps.append(cur.timestamp)
