@@ -101,7 +101,7 @@ def evaluate(model: str | os.PathLike, *, n: int = EVAL_CLIPS, modes: tuple[str,
             outputs = captioner.caption([str(p) for p in paths], mode, progress=progress, max_new_tokens=160)
             score = facts_mod.Score()
             for scene, out, row in zip(scenes, outputs, per_clip):
-                text = out.text if not out.failed else ""
+                text = out.caption if not out.failed else ""
                 score.add(facts_mod.parse(text), language.facts(scene))
                 row[mode] = text
             result[mode] = {**score.to_dict(), "seconds": round(time.perf_counter() - t0, 2)}
