@@ -7,7 +7,8 @@ prefetch bound, and it caps the memory decoded videos hold. The engine side neve
 The sliding mode decodes its frames as its steps need them (two at a time, conditioned on the captions before),
 so its workers only probe and plan; its frames are decoded in the engine's process.
 
-Workers are spawned (not forked: the parent may hold CUDA and threads), ignore Ctrl-C (the parent decides), and
+Workers are forked from a fork server (a clean process started once, with videocap's decoding modules imported:
+the parent may hold CUDA and threads, which a plain fork would copy), ignore Ctrl-C (the parent decides), and
 decode with one thread each (one process per core scales better than threads within one decoder).
 """
 
@@ -101,6 +102,18 @@ def _worker(jobs, ready, settings: DecodeSettings, prepare_blob: bytes | None) -
         ready.put(pickle.dumps(decode_item(item, settings, prepare), protocol=pickle.HIGHEST_PROTOCOL))
 
 
+def mp_context():
+    """The multiprocessing context of batch's processes: a fork server that has imported the decoding side (each
+    worker then starts in milliseconds), or spawn where there is no fork server."""
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["videocap.batch.decode", "videocap.batch.engine_loop"])
+    return ctx
+
+
 def default_workers(gpus: int = 1) -> int:
     """One decode process per core, less one core per engine process."""
     return max(1, (os.cpu_count() or 2) - gpus)
@@ -113,9 +126,7 @@ class DecodePool:
 
     def __init__(self, items: Iterable[Item], settings: DecodeSettings, *, workers: int, prefetch: int,
                  consumers: int = 1, prepare=None, context=None, ready=None):
-        import multiprocessing as mp
-
-        ctx = context or mp.get_context("spawn")
+        ctx = context or mp_context()
         self.jobs = ctx.Queue(maxsize=2 * workers)
         self.ready = ready if ready is not None else ctx.Queue(maxsize=max(1, prefetch))
         self.stopping = threading.Event()

@@ -9,14 +9,13 @@ Engine processes ignore Ctrl-C: the parent sets the shared stop event, and they 
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import pickle
 import queue
 import signal
 import time
 from dataclasses import dataclass
 
-from videocap.batch.decode import DecodePool
+from videocap.batch.decode import DecodePool, mp_context
 from videocap.batch.engine_loop import EngineLoop, EngineStats
 from videocap.errors import VideocapError
 
@@ -69,7 +68,7 @@ def _engine_main(rank: int, device: str, config, ready, results, stop) -> None:
 
 
 def run(config, todo, emit, stop_event, say, ready_callback) -> list[EngineStats]:
-    ctx = mp.get_context("spawn")
+    ctx = mp_context()
     stop = ctx.Event()
     results = ctx.Queue()
     # The pool's ready queue is made now so that the engines can be handed it at spawn; the pool fills it later.
