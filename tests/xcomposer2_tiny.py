@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from helpers import SHARED
 
+from videocap.models.layers.attention import AttnMetadata
 from videocap.models.xcomposer2.config import PRESETS, XComposer2Config, to_json
 from videocap.models.xcomposer2.weights import build, checkpoint_state
 
@@ -125,3 +126,15 @@ def reference_logits(state: dict[str, torch.Tensor], cfg: XComposer2Config, embe
         ff = torch.nn.functional.silu(plora(p + "feed_forward.w1", h)) * plora(p + "feed_forward.w3", h)
         x = x + plora(p + "feed_forward.w2", ff)
     return _rms(x, s["model.norm.weight"], cfg.rms_norm_eps) @ s["output.weight"].T
+
+
+@torch.no_grad()
+def prefill_logits(model, ids: torch.Tensor, embeds: torch.Tensor | None = None,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """videocap's (T, vocab) logits of one whole sequence, run as one prefill through a fresh paged cache."""
+    layers, kv, d = model.kv_spec()
+    n, bs = len(ids), 16
+    blocks = math.ceil(n / bs)
+    caches = [torch.zeros(2, blocks, bs, kv, d) for _ in range(layers)]
+    meta = AttnMetadata((n,), torch.tensor([n]), torch.arange(n), torch.arange(blocks)[None], bs, context_lens_host=(n,))
+    return model.compute_logits(model(ids, torch.arange(n), meta, caches, embeds, mask))

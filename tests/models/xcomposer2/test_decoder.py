@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from xcomposer2_tiny import TINY, random_state, reference_logits, save_checkpoint
+from xcomposer2_tiny import TINY, prefill_logits as run, random_state, reference_logits, save_checkpoint
 
 from videocap.engine.engine import Engine
 from videocap.engine.request import Request, SamplingParams
@@ -28,18 +28,6 @@ def state():
 def model(state, tmp_path_factory):
     return load(save_checkpoint(state, TINY, tmp_path_factory.mktemp("xc") / "tiny", tokenizer=False),
                 dtype=torch.float32)
-
-
-def run(model, ids: torch.Tensor, embeds: torch.Tensor | None = None, mask: torch.Tensor | None = None):
-    """Whole-sequence logits through a fresh cache (one prefill step)."""
-    layers, kv, d = model.kv_spec()
-    n, bs = len(ids), 16
-    blocks = math.ceil(n / bs)
-    caches = [torch.zeros(2, blocks, bs, kv, d) for _ in range(layers)]
-    meta = AttnMetadata((n,), torch.tensor([n]), torch.arange(n), torch.arange(blocks)[None], bs,
-                        context_lens_host=(n,))
-    with torch.no_grad():
-        return model.compute_logits(model(ids, torch.arange(n), meta, caches, embeds, mask))
 
 
 def image_prompt(model, seed: int, n_before: int = 3, n_image: int = 40, n_after: int = 9):
