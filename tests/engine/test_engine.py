@@ -345,3 +345,29 @@ def test_repetition_penalty_follows_transformers():
 def test_sampling_params_reject_bad_values(bad):
     with pytest.raises(ValueError):
         SamplingParams(**bad)
+
+
+@pytest.mark.parametrize("pattern", ["aab", "ab", "abb", "aaab"])
+def test_interleaved_generate_calls_each_get_every_final_output(model, pattern):
+    """Two `generate` calls drained in turn (as the task driver does): one call's request may finish during the
+    other's step while the first is paused between its inboxes; it must still yield that final output."""
+    engine = Engine(model, max_cache_tokens=2048)
+    first = [text_request(6, 1, max_new_tokens=3), text_request(5, 2, max_new_tokens=2)]
+    second = [text_request(7, 3, max_new_tokens=9)]
+    streams = {"a": engine.generate(first), "b": engine.generate(second)}
+    finals: dict[str, set[int]] = {"a": set(), "b": set()}
+    live = dict(streams)
+    k = 0
+    while live:
+        key = pattern[k % len(pattern)]
+        k += 1
+        if key not in live:
+            continue
+        try:
+            out = next(live[key])
+        except StopIteration:
+            del live[key]
+            continue
+        if out.finished:
+            finals[key].add(out.request_id)
+    assert finals == {"a": {r.request_id for r in first}, "b": {second[0].request_id}}

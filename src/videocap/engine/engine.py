@@ -268,7 +268,9 @@ class Engine:
                     while inbox:
                         yield inbox.popleft()
                 if all(seq.finish_reason is not None for seq in seqs):
-                    return
+                    if not any(inboxes):
+                        return
+                    continue  # another caller's step finished one while this call was paused at a yield
                 self.step()
         finally:
             with self.lock:
