@@ -1,0 +1,37 @@
+"""`videocap batch` argument handling: bad input is one line and exit 2, before any model loads."""
+
+from __future__ import annotations
+
+import pytest
+
+from videocap.cli import main
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["batch", "MISSING", "--out", "J"], "no such file, directory or glob match"),
+    (["batch", "CLIPS", "--out", "J", "--mode", "slide", "--frames", "4"], "--frames is for --mode fast"),
+    (["batch", "CLIPS", "--out", "J", "--prompt", "{oops}"], "{oops}"),
+    (["batch", "CLIPS", "--out", "J", "--first-prompt", "{t}"], "belong to --mode slide"),
+    (["batch", "CLIPS", "--out", "J", "--shard", "4/4"], "0 <= I < N"),
+    (["batch", "CLIPS", "--out", "J", "--shard", "x"], "must be I/N"),
+    (["batch", "CLIPS", "--out", "/proc/no/such/dir/j.jsonl"], "j.jsonl"),
+])
+def test_bad_input_is_one_line_exit_2_before_the_model_loads(argv, needle, clips, tmp_path, capsys):
+    subs = {"MISSING": str(tmp_path / "missing"), "CLIPS": str(clips), "J": str(tmp_path / "j.jsonl")}
+    argv = [subs.get(a, a) for a in argv] + ["--model", str(tmp_path / "no-model"), "--quiet"]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert needle in err and "no-model" not in err
+
+
+def test_help_explains_inputs_journal_and_scale(capsys):
+    with pytest.raises(SystemExit):
+        main(["batch", "--help"])
+    text = capsys.readouterr().out
+    for needle in ("--decode-workers", "--gpus", "--shard", "--ray", "--retry-failed", "--export", "manifest",
+                   "resume", "--max-duration"):
+        assert needle in text
