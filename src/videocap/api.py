@@ -137,7 +137,8 @@ def load(
     gpu_memory_fraction: float = 0.9,
     eager: bool = False,
 ) -> Captioner:
-    """Load `model` (Hub id[@revision], alias such as "sharegpt4video-8b", or a local checkpoint directory).
+    """Load `model` (Hub id[@revision], alias such as "sharegpt4video-8b" or "sharecaptioner-video", or a local
+    checkpoint directory); its config.json's model_type picks the family. `image_view` applies to LLaVA-NeXT only.
 
     Engine settings: on CUDA the KV cache takes `gpu_memory_fraction` of the free GPU memory (less what the largest
     prefill step needs), or `max_cache_tokens` tokens; `eager` turns CUDA graphs (and look-ahead decoding) off."""
