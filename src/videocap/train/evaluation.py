@@ -30,6 +30,7 @@ from videocap.train.synthetic import EVAL_SEED_BASE, video_id, write_clip
 
 EVAL_CLIPS = 200
 MODES = ("fast", "slide", "qa")
+CHUNK = 16  # videos per caption call
 
 
 def eval_scenes(n: int = EVAL_CLIPS) -> list[Scene]:
@@ -98,7 +99,10 @@ def evaluate(model: str | os.PathLike, *, n: int = EVAL_CLIPS, modes: tuple[str,
             if mode not in modes:
                 continue
             t0 = time.perf_counter()
-            outputs = captioner.caption([str(p) for p in paths], mode, progress=progress, max_new_tokens=160)
+            outputs = []
+            for k in range(0, len(paths), CHUNK):
+                outputs += captioner.caption([str(p) for p in paths[k : k + CHUNK]], mode, progress=progress,
+                                             max_new_tokens=160)
             score = facts_mod.Score()
             for scene, out, row in zip(scenes, outputs, per_clip):
                 text = out.caption if not out.failed else ""

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from videocap.train.scene import COLOURS, PAN_SPAN, PLAIN_BACKGROUNDS, Scene, state_at
 
-TEXTURE_CELL = 24  # pixels per stripe / checker square
+TEXTURE_CELL = 16  # pixels per stripe / checker square
 TEXTURE_TONES = ((70, 70, 78), (44, 44, 50))
 
 

@@ -27,7 +27,9 @@ BACKGROUNDS = (*PLAIN_BACKGROUNDS, *TEXTURED_BACKGROUNDS)
 DIRECTIONS = ("left", "right", "up", "down")
 EVENT_KINDS = ("move", "appear", "disappear", "recolor", "grow", "rotate", "pan")
 KIND_WEIGHTS = {"move": 3.0, "appear": 1.0, "disappear": 1.0, "recolor": 1.0, "grow": 1.5, "rotate": 1.0, "pan": 1.5}
-FRAME_SIZES = ((320, 240), (320, 180), (240, 320), (288, 288), (360, 240))  # (width, height), even for yuv420p
+# (width, height), even for yuv420p. Small: the 16-frame grid's 50 px bands dominate it anyway, and the tiny
+# model's 448 px canvas shows each frame at ~90 px whatever its size; small frames render and tile fast.
+FRAME_SIZES = ((192, 144), (192, 108), (144, 192), (176, 176), (216, 144))
 FRAME_RATES = (8, 10, 12)
 SLOT = 2.0  # seconds per event: the sliding captioner's default interval
 MOVE_SPAN = 0.28  # of the frame's width (left/right) or height (up/down)
