@@ -56,6 +56,7 @@ from videocap.batch.engine_loop import EngineLoop, TaskSpec  # noqa: E402
 from videocap.batch.inputs import Item  # noqa: E402
 from videocap.engine.engine import Engine  # noqa: E402
 from videocap.models.llava_next.processor import LlavaNextProcessor  # noqa: E402
+from videocap.video import SeekMode  # noqa: E402
 from videocap.video.encode import write_video  # noqa: E402
 
 T0 = time.perf_counter()
@@ -184,13 +185,15 @@ def run_predecoded(captioner, blobs: dict[str, bytes], items: list[Item], task: 
     return summarize(records, len(items), wall, engine.busy_seconds - busy0)
 
 
-def run_e2e(captioner, items: list[Item], task: TaskSpec, workers: int, folder: Path, frames: int) -> dict:
+def run_e2e(captioner, items: list[Item], task: TaskSpec, workers: int, folder: Path, frames: int,
+            seek: SeekMode = SeekMode.EXACT) -> dict:
     manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(json.dumps({"id": it.id, "path": it.path}) + "\n" for it in items))
     journal = folder / "captions.jsonl"
     if journal.exists():
         journal.unlink()
-    config = BatchConfig(str(manifest), str(journal), task=task, frames=frames, decode_workers=workers, quiet=True)
+    config = BatchConfig(str(manifest), str(journal), task=task, frames=frames, seek=seek, decode_workers=workers,
+                         quiet=True)
     summary = run_batch(config, captioner)
     records = [json.loads(line) for line in journal.read_text().splitlines()]
     out = summarize(records, len(items), summary.wall_seconds, summary.busy_seconds)
@@ -226,6 +229,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--new-tokens", type=int, default=None)
     ap.add_argument("--decode-workers", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--seek", choices=["exact", "keyframe"], default="exact",
+                    help="the end-to-end run's seek mode (the pre-decoded run always decodes exact frames: its engine "
+                    "work is the same either way)")
     ap.add_argument("--gpu-memory-fraction", type=float, default=0.9)
     args = ap.parse_args(argv)
     tiny = args.tiny
@@ -247,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__, "tiny": tiny,
     }, "inputs": {"clips": clips, "copies": copies, "videos": clips * copies, "seconds": seconds,
                   "size": [width, height], "fps": FPS, "gop": GOP, "new_tokens": new_tokens,
-                  "decode_workers": workers}}
+                  "decode_workers": workers, "e2e_seek": args.seek}}
 
     def save() -> None:
         (args.out / "batch_e2e.json").write_text(json.dumps(res, indent=2))
@@ -282,8 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"  {res['predecoded']['videos_per_s']:.2f} videos/s, GPU busy {res['predecoded']['gpu_busy']:.0%}")
     del blobs
 
-    log(f"end to end: {len(items)} videos, {workers} decode workers")
-    res["e2e"] = run_e2e(captioner, items, task, workers, work, 16)
+    log(f"end to end: {len(items)} videos, {workers} decode workers, seek {args.seek}")
+    res["e2e"] = run_e2e(captioner, items, task, workers, work, 16, SeekMode(args.seek))
     res["e2e_over_predecoded"] = res["e2e"]["videos_per_s"] / res["predecoded"]["videos_per_s"]
     save()
     log(f"  {res['e2e']['videos_per_s']:.2f} videos/s, GPU busy {res['e2e']['gpu_busy']:.0%}, "

@@ -58,6 +58,7 @@ def test_records_equal_caption_and_errors_have_reasons(subset, tmp_path, tiny_ba
     assert all("error" in recs[p] and "caption" not in recs[p] for p in paths if "bad_" in p)
     assert sum(1 for _ in open(str(out).replace(".jsonl", ".csv"))) == 1 + 8
 
+    assert summary.busy_seconds <= summary.wall_seconds  # this run's engine time only (the captioner ran before)
     again = run_batch(config(subset, out), tiny_base)  # a rerun has nothing left to do
     assert again.skipped == 12 and again.done == 0 and not again.failed
     retried = run_batch(config(subset, out, retry_failed=True), tiny_base)

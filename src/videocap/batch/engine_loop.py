@@ -40,7 +40,7 @@ class TaskSpec:
 
 @dataclass
 class EngineStats:
-    busy_seconds: float = 0.0  # inside engine steps
+    busy_seconds: float = 0.0  # inside engine steps, during this loop
     videos: int = 0
     out_of_memory: int = 0  # times the batch was shrunk
     max_num_seqs: int = 0  # the engine's limit at the end
@@ -75,6 +75,7 @@ class EngineLoop:
     def run(self) -> EngineStats:
         scheduler = self.engine.scheduler
         max_active = self.spec.max_active or 2 * scheduler.max_num_seqs
+        busy = self.engine.busy_seconds  # the engine may have run before (a captioner handed in)
         while True:
             try:
                 driver.run(self.session, self, on_result=self._finish, max_active=max_active,
@@ -82,7 +83,7 @@ class EngineLoop:
                 break
             except torch.OutOfMemoryError as e:
                 self._out_of_memory(e)
-        self.stats.busy_seconds = self.engine.busy_seconds
+        self.stats.busy_seconds = self.engine.busy_seconds - busy
         self.stats.max_num_seqs = scheduler.max_num_seqs
         return self.stats
 
