@@ -185,10 +185,10 @@ def main(argv: list[str] | None = None) -> dict:
                 eager_run(model, w, 4, beams, device)
             e_s, e_tokens = min(engine_run(engine, w, new_tokens, beams) for _ in range(args.repeats))
             b_s, b_tokens = min(eager_run(model, w, new_tokens, beams, device) for _ in range(args.repeats))
-            same = sum(a == b for a, b in zip(e_tokens, b_tokens))
+            same = next((i for i, (a, b) in enumerate(zip(e_tokens, b_tokens)) if a != b), len(e_tokens))
             rows.append(dict(workload=w["name"], beams=beams, prompt_tokens=len(w["ids"]),
                              image_tokens=w["image_tokens"], tiles=w["tiles"], engine_s=e_s, eager_s=b_s,
-                             speedup=b_s / e_s, same_leading_tokens=same))
+                             speedup=b_s / e_s, agreeing_prefix=same))
     env = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", torch=torch.__version__,
                date=datetime.date.today().isoformat(), commit=commit(), dtype=str(dtype).removeprefix("torch."))
     inputs = {w["name"]: dict(image_size=list(w["image_size"]), hd_num=w["hd_num"], grid=list(w["grid"]),

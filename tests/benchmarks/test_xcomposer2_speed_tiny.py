@@ -29,6 +29,6 @@ def test_tiny_dry_run(tmp_path, monkeypatch, capsys):
     assert [(r["workload"], r["beams"]) for r in res["rows"]] == [("fast", 1), ("fast", 3), ("pair", 1), ("pair", 3)]
     for row in res["rows"]:
         assert row["engine_s"] > 0 and row["eager_s"] > 0
-        assert row["same_leading_tokens"] == 3  # float32: the engine and the plain loop choose the same tokens
+        assert row["agreeing_prefix"] == 3  # float32: the engine and the plain loop choose the same tokens
     table = capsys.readouterr().out
     assert "| sliding step: frame pair, hd_num 9 | 3 |" in table
