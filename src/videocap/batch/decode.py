@@ -8,8 +8,9 @@ The sliding mode decodes its frames as its steps need them (two at a time, condi
 so its workers only probe and plan; its frames are decoded in the engine's process.
 
 Workers are forked from a fork server (a clean process started once, with videocap's decoding modules imported:
-the parent may hold CUDA and threads, which a plain fork would copy), ignore Ctrl-C (the parent decides), and
-decode with one thread each (one process per core scales better than threads within one decoder).
+the parent may hold CUDA and threads, which a plain fork would copy), ignore Ctrl-C (the parent decides), decode
+with one thread each (one process per core scales better than threads within one decoder), and run at a lower
+CPU priority than the engine's process (`WORKER_NICE`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from videocap.errors import VideocapError
 from videocap.video import SeekMode
 
 END = b"end"  # on the ready queue: no more items for this consumer
+# Decode workers yield the CPU to the engine's process: its host thread launches every GPU step, and a step it
+# launches late idles the GPU, while a worker that waits a little still keeps the queue ahead of the engine.
+WORKER_NICE = 10
+_niced = False
 
 
 @dataclass(frozen=True)
@@ -89,11 +94,24 @@ def decode_item(item: Item, settings: DecodeSettings, prepare=None) -> Decoded:
     return Decoded(item, error=failed["error"], reason=failed["reason"], seconds=time.perf_counter() - t0)
 
 
-def _worker(jobs, ready, settings: DecodeSettings, prepare_blob: bytes | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+def lower_priority() -> None:
+    """Once per process: one torch thread and a lower CPU priority than the engine's process."""
+    global _niced
+    if _niced:
+        return
+    _niced = True
     import torch
 
     torch.set_num_threads(1)
+    try:
+        os.nice(WORKER_NICE)
+    except OSError:  # not permitted here: run at the same priority
+        pass
+
+
+def _worker(jobs, ready, settings: DecodeSettings, prepare_blob: bytes | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    lower_priority()
     prepare = pickle.loads(prepare_blob) if prepare_blob is not None else None
     while True:
         item = jobs.get()

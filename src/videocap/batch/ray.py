@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 
-from videocap.batch.decode import END, decode_item
+from videocap.batch.decode import END, decode_item, lower_priority
 from videocap.batch.engine_loop import EngineLoop, EngineStats
 from videocap.errors import VideocapError
 
@@ -25,9 +25,7 @@ POLL_S = 0.05  # how often this process collects records and hands out decoded v
 
 
 def _decode(item, settings, prepare) -> bytes:
-    import torch
-
-    torch.set_num_threads(1)
+    lower_priority()
     return pickle.dumps(decode_item(item, settings, prepare), protocol=pickle.HIGHEST_PROTOCOL)
 
 
