@@ -24,8 +24,10 @@ install: venv
 install-test: venv
 	$(PY) -m pip install -q -e ".[test]"
 
+# The main job, offline: caption the bundled example (a generator clip) with the bundled videocap-tiny on the CPU.
 demo: install
 	$(VENV)/bin/videocap info $(EXAMPLE)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/videocap caption $(EXAMPLE) --model tiny --device cpu --quiet
 	$(VENV)/bin/videocap frames $(EXAMPLE) --strategy uniform16 --layout grid -o $(DEMO_OUT)/grid.png
 	$(VENV)/bin/videocap frames $(EXAMPLE) --strategy every --seconds 2 --layout strip -o $(DEMO_OUT)/strip.png
 	$(VENV)/bin/videocap frames $(EXAMPLE) --strategy uniform --frames 4 --dir $(DEMO_OUT)/frames

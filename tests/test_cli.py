@@ -104,7 +104,11 @@ def test_bundled_example_is_small_and_samples(capsys):
     assert EXAMPLE.stat().st_size < 400_000
     assert main(["info", str(EXAMPLE), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["num_frames"] == 240 and info["duration"] == pytest.approx(10.0)
+    from videocap.train.scene import sample_scene
+    from videocap.train.synthetic import EXAMPLE_SEED
+
+    scene = sample_scene(EXAMPLE_SEED)  # a generator clip (the tiny model's demo)
+    assert info["num_frames"] == scene.num_frames and info["duration"] == pytest.approx(scene.duration)
 
 
 def test_a_closed_stdout_pipe_ends_quietly(h264):

@@ -52,7 +52,8 @@ def add_train_commands(commands) -> None:
         "train", help="synthetic videos, training runs and evaluation of videocap's own (tiny) model",
         description="Make synthetic shapes datasets, train LLaVA-NeXT models on them (or on any ShareGPT4Video-format "
         "records) and evaluate the tiny model on its held-out protocol.")
-    sub = train.add_subparsers(dest="train_command", metavar="SUBCOMMAND", required=True)
+    sub = train.add_subparsers(dest="train_command", metavar="SUBCOMMAND", required=True,
+                               help="synth (a dataset), run (training) or eval (the tiny model's protocol)")
 
     synth = sub.add_parser(
         "synth", help="write N synthetic clips and their ShareGPT4Video records",

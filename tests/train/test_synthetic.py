@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from videocap.tasks.records import from_record
 from videocap.train import evaluation, facts, language, render
@@ -97,3 +98,14 @@ def test_write_dataset(tmp_path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["seed"] for r in rows] == [5, 6]
     assert all((tmp_path / "ds" / r["video_path"]).is_file() for r in rows)
+
+
+def test_synth_cli_writes_a_dataset(tmp_path, capsys):
+    from videocap.cli import main
+
+    assert main(["train", "synth", "--out", str(tmp_path / "d"), "--n", "2", "--seed", "9", "--quiet"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "d" / "records.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in rows] == [9, 10] and capsys.readouterr().out.strip().endswith("records.jsonl")
+    with pytest.raises(SystemExit) as refused:
+        main(["train", "synth", "--out", str(tmp_path / "e"), "--n", "0"])
+    assert refused.value.code == 2 and "expected a number >= 1" in capsys.readouterr().err

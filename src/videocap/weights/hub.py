@@ -50,6 +50,20 @@ ALIASES: dict[str, str] = {
     "sharecaptioner-video": "Lin-Chen/ShareCaptioner-Video",
 }
 
+# Models shipped inside the package (no download, no network): alias -> folder under videocap/assets/.
+BUNDLED: dict[str, str] = {"tiny": "videocap-tiny", "videocap-tiny": "videocap-tiny"}
+
+
+def bundled(alias: str) -> Path:
+    """The folder of a model shipped in the package."""
+    from importlib.resources import files
+
+    folder = Path(str(files("videocap") / "assets" / BUNDLED[alias]))
+    if not (folder / "config.json").is_file():
+        raise ModelNotFoundError(f"{alias}: the bundled model is missing from {folder} (reinstall videocap)")
+    return folder
+
+
 # What a model needs: configs, safetensors weights and tokenizer files. Never *.py (remote code).
 SAFE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "tokenizer*", "*.txt", "*.jinja"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
@@ -83,11 +97,13 @@ def parse_model(spec: str) -> ModelRef:
             raise ModelNotFoundError(f"{spec}: not a directory (a model is a directory with config.json and weights)")
         return ModelRef(repo_id=None, revision=None, local_path=path.resolve())
     name, _, revision = spec.partition("@")
+    if name.lower() in BUNDLED and not revision:
+        return ModelRef(repo_id=None, revision=None, local_path=bundled(name.lower()))
     if name.lower() in ALIASES:
         spec = ALIASES[name.lower()] + (f"@{revision}" if revision else "")
     match = _HUB_ID.fullmatch(spec)
     if match is None or ".." in match["repo"] or "--" in match["repo"]:
-        known = ", ".join(ALIASES)
+        known = ", ".join([*BUNDLED, *ALIASES])
         raise ModelNotFoundError(
             f"{spec!r} is not a known alias ({known}), an existing directory, or a Hub id 'owner/name[@revision]'"
         )
