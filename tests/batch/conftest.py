@@ -4,8 +4,6 @@ which some are broken (garbage, empty, cut short, a PNG named .mp4)."""
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +18,7 @@ from videocap.video.encode import write_video
 
 pytest.importorskip("transformers")
 
-GOOD = 56
-BAD = {"bad_garbage.mp4": "garbage", "bad_empty.mp4": "empty", "bad_cut.mp4": "cut", "bad_image.mp4": "image"}
-# Every run: the base view (576 image tokens), 4 frames, 2 new tokens: the tiny model captions a video in ~0.1 s.
-RUN_ARGS = ["--device", "cpu", "--image-view", "base", "--frames", "4", "--max-new-tokens", "2", "--quiet"]
+from batch_kit import BAD, GOOD  # noqa: F401  (names the tests share live in batch_kit)
 
 
 @pytest.fixture(scope="session")
@@ -53,13 +48,3 @@ def clips(tmp_path_factory) -> Path:
     Image.fromarray(barcode_frame(1, 64, 48)).save(png, format="PNG")
     (root / "bad_image.mp4").write_bytes(png.getvalue())
     return root
-
-
-def ids_of(root: Path) -> list[str]:
-    return sorted(str(p) for p in root.rglob("*.mp4"))
-
-
-def videocap(*argv, **popen) -> subprocess.Popen:
-    """`videocap ARGV` in a new process (its own session, so that a test can signal it and its children)."""
-    return subprocess.Popen([sys.executable, "-m", "videocap.cli", *map(str, argv)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, **popen)

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import BAD
+from batch_kit import BAD
 
 from videocap.batch import BatchConfig, run_batch
 from videocap.batch import journal

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import BAD
+from batch_kit import BAD
 
 from videocap.batch import BatchConfig, LoadSpec, run_batch
 from videocap.batch import journal

@@ -10,7 +10,7 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import BAD, RUN_ARGS, ids_of, videocap
+from batch_kit import BAD, RUN_ARGS, ids_of, videocap
 
 
 def wait_for_records(journal: Path, n: int, proc, timeout: float = 60) -> int:
