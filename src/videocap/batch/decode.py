@@ -152,9 +152,11 @@ class DecodePool:
         env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # spawned children read their environment at start
+        self.died = 0  # workers that ended with an error (and were replaced)
+        self._process = lambda k: ctx.Process(target=_worker, args=(self.jobs, self.ready, settings, blob),
+                                              daemon=True, name=f"videocap-decode-{k}")
         try:
-            self.procs = [ctx.Process(target=_worker, args=(self.jobs, self.ready, settings, blob), daemon=True,
-                                      name=f"videocap-decode-{k}") for k in range(workers)]
+            self.procs = [self._process(k) for k in range(workers)]
             for p in self.procs:
                 p.start()
         finally:
@@ -169,10 +171,10 @@ class DecodePool:
 
     def _feed(self, items) -> None:
         for item in items:
-            if not self._put(self.jobs, item):
+            if not self._put(self.jobs, item, respawn=True):
                 return
         for _ in self.procs:
-            if not self._put(self.jobs, None):
+            if not self._put(self.jobs, None, respawn=True):
                 return
         for p in self.procs:  # their last results are in the pipe once they have exited
             while p.is_alive():
@@ -183,9 +185,13 @@ class DecodePool:
             if not self._put(self.ready, END):
                 return
 
-    def _put(self, q, value) -> bool:
-        """Put `value` on `q`, waiting while it is full; False when the pool stops first."""
+    def _put(self, q, value, respawn: bool = False) -> bool:
+        """Put `value` on `q`, waiting while it is full; False when the pool stops first. `respawn`: replace the
+        workers that died meanwhile (a decoder that crashed the process on some input), or a job whose workers
+        all died would wait forever on a full job queue."""
         while not self.stopping.is_set():
+            if respawn:
+                self._respawn()
             try:
                 q.put(value, timeout=0.2)
                 return True
@@ -193,15 +199,22 @@ class DecodePool:
                 continue
         return False
 
+    def _respawn(self) -> None:
+        for k, p in enumerate(self.procs):
+            if p.exitcode not in (None, 0):  # killed mid-video: that video gets no record (the next run redoes it)
+                self.died += 1
+                self.procs[k] = self._process(k)
+                self.procs[k].start()
+
     def stop(self) -> None:
         """Stop feeding and end the workers (what they were decoding is dropped: nothing of it was written)."""
         self.stopping.set()
+        self.feeder.join(5)  # first: it replaces dead workers, and must not replace those ended here
         for p in self.procs:
             if p.is_alive():
                 p.terminate()
         for p in self.procs:
             p.join(5)
-        self.feeder.join(5)
         for q in (self.jobs, self.ready):
             q.cancel_join_thread()
             q.close()
