@@ -68,8 +68,10 @@ class EngineActor:
         with self.lock:
             self.logs.append(message)
 
-    def setup(self) -> tuple[str, bytes | None]:
-        return self.family, pickle.dumps(self.prepare) if self.prepare is not None else None
+    def setup(self) -> tuple[str, bytes | None, int]:
+        """The family, the pickled `prepare` for the decode tasks, and how many videos the loop runs at once."""
+        running = self.loop.spec.max_active or 2 * self.captioner.engine.scheduler.max_num_seqs
+        return self.family, pickle.dumps(self.prepare) if self.prepare is not None else None, running
 
     def put(self, blob: bytes) -> None:
         self.inbox.put(blob)
@@ -123,7 +125,7 @@ def _run(ray, config, todo, emit, stop_event, say, ready_callback) -> list[Engin
                             f"{config.gpus} (--device cpu runs CPU engines)")
     actor_cls = ray.remote(num_cpus=1, num_gpus=0 if cpu else 1)(EngineActor)
     actors = [actor_cls.remote(config, "cpu" if cpu else None) for _ in range(config.gpus)]
-    family, blob = ray.get(actors[0].setup.remote())
+    family, blob, running = ray.get(actors[0].setup.remote())
     for a in actors[1:]:
         ray.get(a.setup.remote())  # every engine loaded
     ready_callback()
@@ -131,7 +133,9 @@ def _run(ray, config, todo, emit, stop_event, say, ready_callback) -> list[Engin
     prepare = ray.put(pickle.loads(blob) if blob is not None else None)
     decode = ray.remote(num_cpus=1)(_decode)
     workers = config.decode_workers or max(1, int(ray.cluster_resources().get("CPU", 1)) - (config.gpus if cpu else 0))
-    per_actor = max(1, config.prefetch_size)  # decoded videos an engine may hold beyond what it runs
+    # Videos an engine may hold: what its loop runs at once, and the prefetch waiting beyond that (as the local
+    # ready queue holds); counting only the prefetch would cap the engine's batch at it.
+    per_actor = running + config.prefetch_size
 
     items = deque(todo)
     decoding: list = []
