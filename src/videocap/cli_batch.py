@@ -82,7 +82,6 @@ def add_batch_command(commands) -> None:
 def run_batch_command(args: argparse.Namespace) -> int:
     from videocap.batch import BatchConfig, LoadSpec, run_batch
     from videocap.batch.engine_loop import TaskSpec
-    from videocap.batch.pipeline import plan_job
     from videocap.cli_caption import _check
     from videocap.cli_models import generation_kwargs
     from videocap.errors import VideocapError
@@ -108,8 +107,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         args.allow_partial, args.max_duration, args.decode_workers, args.prefetch, args.retry_failed, args.shard,
         args.gpus, args.ray, tuple(dict.fromkeys(args.export)), args.quiet,
     )
-    plan_job(config)  # a missing input or unreadable journal fails before the model loads
-    summary = run_batch(config)
+    summary = run_batch(config)  # a missing input or an unusable journal fails before the model loads
     print(summary.text(), flush=True)
     return 130 if summary.interrupted else 0
 

@@ -65,11 +65,12 @@ def read(path: str) -> JournalState:
 
 
 class Journal:
-    """Appends records to the journal at `path`, each whole, flushed to the kernel at once."""
+    """Appends records to the journal at `path`, each whole, flushed to the kernel at once. `state`: the journal
+    as `read` just gave it (else it is read here)."""
 
-    def __init__(self, path: str, fsync_every: float = 1.0):
+    def __init__(self, path: str, fsync_every: float = 1.0, state: JournalState | None = None):
         self.path, self.fsync_every = path, fsync_every
-        state = read(path)
+        state = read(path) if state is None else state
         try:
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)

@@ -93,24 +93,25 @@ class BatchConfig:
                               self.allow_partial, self.max_duration)
 
 
-def plan_job(config: BatchConfig) -> tuple[list[Item], Summary]:
-    """The items this run captions (the shard, less what the journal holds) and the summary to fill in."""
+def plan_job(config: BatchConfig) -> tuple[list[Item], Summary, journal_mod.JournalState]:
+    """The items this run captions (the shard, less what the journal holds), the summary to fill in, and the
+    journal as read."""
     items = read_inputs(config.input)
     if config.shard is not None:
         items = shard(items, *config.shard)
     state = journal_mod.read(config.out)
     skip = state.done() if config.retry_failed else set(state.records)
     todo = [it for it in items if it.id not in skip]
-    return todo, Summary(inputs=len(items), skipped=len(items) - len(todo))
+    return todo, Summary(inputs=len(items), skipped=len(items) - len(todo)), state
 
 
 def run_batch(config: BatchConfig, captioner=None, *, log: Callable[[str], None] | None = None) -> Summary:
     """Run the job `config` describes; `captioner`: an already loaded model for the one local engine."""
     t0 = time.perf_counter()
-    todo, summary = plan_job(config)
+    todo, summary, state = plan_job(config)
     summary.decode_workers = config.workers if todo else 0
     if todo:
-        with journal_mod.Journal(config.out, config.fsync_every) as journal, Stopper() as stopper:
+        with journal_mod.Journal(config.out, config.fsync_every, state) as journal, Stopper() as stopper:
             progress = Progress(summary, len(todo), config.quiet)
             say = log or progress.write
             if journal.dropped_tail:
