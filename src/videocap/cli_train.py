@@ -6,34 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = _count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
 RUN_EPILOG = """\
 what a run writes in --out:
   model/      the llava-hf checkpoint (config.json, model.safetensors, tokenizer.json, ...), every --save-every
@@ -48,6 +20,8 @@ examples:
 
 
 def add_train_commands(commands) -> None:
+    from videocap.cli import _nonnegative_int, _positive_float, _positive_int
+
     train = commands.add_parser(
         "train", help="synthetic videos, training runs and evaluation of videocap's own (tiny) model",
         description="Make synthetic shapes datasets, train LLaVA-NeXT models on them (or on any ShareGPT4Video-format "
@@ -61,8 +35,8 @@ def add_train_commands(commands) -> None:
         "per-keyframe captions with timestamps, summary, text-to-video prompt, QA, facts) to DIR/records.jsonl. "
         "Clip k is the same on every machine (seed = --seed + k).")
     synth.add_argument("--out", required=True, metavar="DIR", help="dataset directory (created if missing)")
-    synth.add_argument("--n", type=_positive, required=True, help="number of clips")
-    synth.add_argument("--seed", type=_count, default=0, help="first clip's seed (default: 0)")
+    synth.add_argument("--n", type=_positive_int, required=True, help="number of clips")
+    synth.add_argument("--seed", type=_nonnegative_int, default=0, help="first clip's seed (default: 0)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(run=run_synth)
 
@@ -76,27 +50,27 @@ def add_train_commands(commands) -> None:
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--out", required=True, metavar="DIR", help="run directory")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its state.pt")
-    run.add_argument("--steps", type=_positive, default=3000, help="optimizer steps (default: 3000)")
-    run.add_argument("--batch-size", type=_positive, default=32, help="examples per step (default: 32)")
-    run.add_argument("--lr", type=_rate, default=1e-3, help="peak learning rate (default: 1e-3; ~1e-4 for LoRA)")
-    run.add_argument("--warmup", type=_count, default=100, help="linear warm-up steps (default: 100)")
-    run.add_argument("--save-every", type=_positive, default=500, metavar="N", help="checkpoint every N steps")
-    run.add_argument("--log-every", type=_positive, default=10, metavar="N", help="log the loss every N steps")
-    run.add_argument("--workers", type=_count, default=0, help="data worker processes (default: 0, in-process)")
+    run.add_argument("--steps", type=_positive_int, default=3000, help="optimizer steps (default: 3000)")
+    run.add_argument("--batch-size", type=_positive_int, default=32, help="examples per step (default: 32)")
+    run.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (default: 1e-3; ~1e-4 for LoRA)")
+    run.add_argument("--warmup", type=_nonnegative_int, default=100, help="linear warm-up steps (default: 100)")
+    run.add_argument("--save-every", type=_positive_int, default=500, metavar="N", help="checkpoint every N steps")
+    run.add_argument("--log-every", type=_positive_int, default=10, metavar="N", help="log the loss every N steps")
+    run.add_argument("--workers", type=_nonnegative_int, default=0, help="data worker processes (default: 0, in-process)")
     run.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     run.add_argument("--init", metavar="MODEL", help="start from this llava-hf checkpoint (id, alias or folder)")
-    run.add_argument("--lora-rank", type=_count, default=0, metavar="R", help="train LoRA adapters of rank R "
+    run.add_argument("--lora-rank", type=_nonnegative_int, default=0, metavar="R", help="train LoRA adapters of rank R "
                      "on the decoder (with --init); merged into the saved weights")
-    run.add_argument("--lora-alpha", type=_rate, default=None, metavar="A", help="LoRA scale numerator (default 2R)")
+    run.add_argument("--lora-alpha", type=_positive_float, default=None, metavar="A", help="LoRA scale numerator (default 2R)")
     run.add_argument("--records", metavar="FILE", help="ShareGPT4Video-format records (JSONL/JSON) with videos "
                      "instead of the synthetic generator")
-    run.add_argument("--time-budget", type=_rate, default=None, metavar="S",
+    run.add_argument("--time-budget", type=_positive_float, default=None, metavar="S",
                      help="stop after S seconds, the learning-rate schedule compressed into them")
     run.add_argument("--save-dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
                      help="dtype of model.safetensors (default: bf16)")
     run.add_argument("--preset", choices=["tiny", "debug"], default="tiny",
                      help="architecture when training from scratch (default: tiny; debug: a toy for tests)")
-    run.add_argument("--seed", type=_count, default=0, help="initialisation seed (default: 0)")
+    run.add_argument("--seed", type=_nonnegative_int, default=0, help="initialisation seed (default: 0)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(run=run_train)
 
@@ -106,7 +80,7 @@ def add_train_commands(commands) -> None:
         "(fast and slide) and ask the QA questions, then score the captions' facts (background, objects, events) "
         "by precision and recall and the events' order, and the answers by accuracy.")
     ev.add_argument("--model", default="tiny", help="model to evaluate (default: tiny, the bundled model)")
-    ev.add_argument("--n", type=_positive, default=200, help="clips (default: 200, the protocol)")
+    ev.add_argument("--n", type=_positive_int, default=200, help="clips (default: 200, the protocol)")
     ev.add_argument("--modes", default="fast,slide,qa", help="comma-separated subset of fast,slide,qa")
     ev.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     ev.add_argument("--details", metavar="FILE", help="write each clip's facts, captions and answers (JSONL)")

@@ -108,4 +108,4 @@ def test_synth_cli_writes_a_dataset(tmp_path, capsys):
     assert [r["seed"] for r in rows] == [9, 10] and capsys.readouterr().out.strip().endswith("records.jsonl")
     with pytest.raises(SystemExit) as refused:
         main(["train", "synth", "--out", str(tmp_path / "e"), "--n", "0"])
-    assert refused.value.code == 2 and "expected a number >= 1" in capsys.readouterr().err
+    assert refused.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
