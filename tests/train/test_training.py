@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import videocap
+from videocap.errors import VideocapError
 from videocap.models.layers.attention import AttnMetadata
 from videocap.models.llava_next.weights import load
 from videocap.train import checkpoint, forward, lora
@@ -124,6 +125,8 @@ def test_resume_continues_the_same_run(tmp_path, monkeypatch):
     b = checkpoint.load_state(tmp_path / "b" / "state.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "b" / "model" / "model.safetensors").is_file()
+    with pytest.raises(VideocapError, match="changed: batch_size 1 -> 2"):  # step i would be other examples
+        train(TrainSettings(out=str(tmp_path / "b"), **{**settings, "batch_size": 2}), resume=True, progress=False)
 
 
 def test_lora_trains_adapters_and_merges(start):

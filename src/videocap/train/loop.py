@@ -142,6 +142,8 @@ def train(settings: TrainSettings, *, resume: bool = False, progress: bool = Tru
         raise VideocapError(f"{out}: nothing to resume ({state_path} is missing)")
     if not resume and state_path.exists():
         raise VideocapError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    if state is not None:
+        _check_resumable(state_path, state.get("settings", {}), settings)
     device = pick_device(settings.device)
     if state is not None:
         start = Start(_tiny_shell(state["config"]) if state["init"] is None else init_start(state["init"]).model,
@@ -227,6 +229,18 @@ def train(settings: TrainSettings, *, resume: bool = False, progress: bool = Tru
         last = float(torch.stack(window).mean())
     save()
     return {"steps": step, "loss": last, "seconds": round(elapsed, 1), "model": str(out / "model")}
+
+
+# What a resumed run must share with the run it continues: its examples (which example is step i's), its model's
+# shape, where it started. The rest (--steps, --lr, saving, workers, device, time budget) may change.
+RESUME_FIXED = ("batch_size", "seed", "init", "lora_rank", "lora_alpha", "records", "preset", "vocab_size")
+
+
+def _check_resumable(state_path: Path, saved: dict, settings: TrainSettings) -> None:
+    changed = [f"{name} {saved[name]!r} -> {getattr(settings, name)!r}" for name in RESUME_FIXED
+               if name in saved and saved[name] != getattr(settings, name)]
+    if changed:
+        raise VideocapError(f"{state_path}: --resume needs the run's own settings; changed: {', '.join(changed)}")
 
 
 def _tiny_shell(config: dict) -> torch.nn.Module:
