@@ -4,7 +4,9 @@ identically in videocap and transformers, resume, LoRA."""
 from __future__ import annotations
 
 import math
+import os
 import random
+import signal
 
 import pytest
 import torch
@@ -127,6 +129,34 @@ def test_resume_continues_the_same_run(tmp_path, monkeypatch):
     assert (tmp_path / "b" / "model" / "model.safetensors").is_file()
     with pytest.raises(VideocapError, match="changed: batch_size 1 -> 2"):  # step i would be other examples
         train(TrainSettings(out=str(tmp_path / "b"), **{**settings, "batch_size": 2}), resume=True, progress=False)
+
+
+def test_ctrl_c_mid_step_ends_the_run_after_that_step(tmp_path, monkeypatch):
+    """A real SIGINT while a step computes: the step is applied and counted, then the run saves and stops; resuming
+    gives the uninterrupted run's weights (no step applied twice)."""
+    settings = dict(steps=4, batch_size=1, warmup=1, lr=3e-3, save_every=100, log_every=1, **DEBUG)
+    straight = train(TrainSettings(out=str(tmp_path / "a"), **settings), progress=False)
+    calls = {"n": 0}
+    real = forward.loss
+
+    def signalled(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while step 2 computes
+        return real(model, batch)
+
+    monkeypatch.setattr(forward, "loss", signalled)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainSettings(out=str(tmp_path / "b"), **settings), progress=False)
+    assert checkpoint.load_state(tmp_path / "b" / "state.pt")["step"] == 2  # step 2 finished and was counted
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+    monkeypatch.setattr(forward, "loss", real)
+    resumed = train(TrainSettings(out=str(tmp_path / "b"), **settings), resume=True, progress=False)
+    assert resumed["steps"] == straight["steps"] == 4
+    a = checkpoint.load_state(tmp_path / "a" / "state.pt")["model"]
+    b = checkpoint.load_state(tmp_path / "b" / "state.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((tmp_path / "b" / "model").glob("*.tmp"))
 
 
 def test_lora_trains_adapters_and_merges(start):

@@ -66,7 +66,10 @@ def save_model(model: nn.Module, config: dict, tokenizer: Tokenizer, tokenizer_c
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = {**config, "dtype": str(dtype).removeprefix("torch.")}
-    save_file(checkpoint_state(merged(model), dtype), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    weights = out_dir / "model.safetensors"
+    tmp = weights.with_name(weights.name + ".tmp")  # a save cut short (Ctrl-C, a full disk) keeps the last whole file
+    save_file(checkpoint_state(merged(model), dtype), str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, weights)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     text = config["text_config"]
     generation = {"bos_token_id": text.get("bos_token_id"), "eos_token_id": text.get("eos_token_id"),
@@ -84,6 +87,6 @@ def save_state(path: Path, state: dict) -> None:
 
 def load_state(path: Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError) as e:
         raise CheckpointError(f"{path}: cannot read the training state ({e}); start again without --resume") from e

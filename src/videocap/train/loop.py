@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -182,6 +184,7 @@ def train(settings: TrainSettings, *, resume: bool = False, progress: bool = Tru
             "init": settings.init, "settings": asdict(settings)})
 
     t0, seen, window, last = time.perf_counter() - elapsed, 0, [], None
+    interrupted = _defer_interrupt()
     bar = tqdm(total=settings.steps, initial=step, desc="training", unit="step", file=sys.stderr, disable=not progress)
     try:
         for batch in loader:
@@ -217,11 +220,14 @@ def train(settings: TrainSettings, *, resume: bool = False, progress: bool = Tru
             if step % settings.save_every == 0:
                 elapsed = time.perf_counter() - t0
                 save()
+            if interrupted():  # here, between steps: the saved weights, optimizer and step count agree
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         elapsed = time.perf_counter() - t0
         save()
         raise
     finally:
+        interrupted.restore()
         bar.close()
         log.close()
     elapsed = time.perf_counter() - t0
@@ -251,3 +257,27 @@ def _tiny_shell(config: dict) -> torch.nn.Module:
 
 def _one_thread(_: int) -> None:
     torch.set_num_threads(1)
+
+
+class _defer_interrupt:
+    """Ctrl-C during a step takes effect after it (`interrupted()` turns True), so that a step is saved whole or not
+    at all: an interrupt between `optimizer.step()` and the step count would have the resumed run repeat it. A
+    second Ctrl-C interrupts at once. Outside the main thread (no signal handlers there) interrupts are not deferred."""
+
+    def __init__(self):
+        self.hit = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.hit = True
+        self.restore()  # the next Ctrl-C is the default one
+
+    def __call__(self) -> bool:
+        return self.hit
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
