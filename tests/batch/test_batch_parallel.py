@@ -68,3 +68,26 @@ def test_ray_local_instance(subset, tiny_ckpt, local_records, tmp_path):
     assert summary.engines == 1 and summary.done == 10 and sum(summary.failed.values()) == 4
     same(journal.read(str(out)).records, local_records)
     assert sum(1 for _ in open(out)) == 14
+
+
+def _send_and_exit(results, n):
+    from videocap.batch.multi import _Msg
+
+    for k in range(n):
+        results.put(_Msg("record", 1, {"id": f"v{k}"}))
+
+
+def test_records_sent_as_another_engine_fails_are_written():
+    """When one engine fails, the parent still writes the records the others send while winding down."""
+    import multiprocessing as mp
+
+    from videocap.batch.multi import _wind_down
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=_send_and_exit, args=(results, 50))
+    proc.start()
+    written = []
+    _wind_down([proc], results, written.append)
+    assert [r["id"] for r in written] == [f"v{k}" for k in range(50)]
+    assert not proc.is_alive()

@@ -119,8 +119,35 @@ def run(config, todo, emit, stop_event, say, ready_callback) -> list[EngineStats
         stop.set()
         if pool is not None:
             pool.stop()
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
+        _wind_down(procs, results, emit)
+
+
+def _wind_down(procs, results, emit, grace: float = 10.0) -> None:
+    """Let the engines end (they finish what they hold once `stop` is set) while writing the records they still
+    send: when one engine fails, the others' finished videos are kept, not redone by the next run. Reading also
+    lets an engine exit (a process does not end while its queued messages wait unread). An engine still running
+    after `grace` seconds is terminated."""
+    deadline = time.monotonic() + grace
+    writing = True
+
+    def take(timeout: float | None) -> bool:
+        nonlocal writing
+        try:
+            msg = results.get(timeout=timeout) if timeout else results.get_nowait()
+        except queue.Empty:
+            return False
+        if writing and msg.kind == "record":
+            try:
+                emit(msg.value)
+            except Exception:  # noqa: BLE001 - the journal itself failed; its error is already on its way up
+                writing = False
+        return True
+
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        take(0.2)
+    while take(None):  # what was sent just before the last engine exited
+        pass
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+        p.join(5)
