@@ -3,7 +3,10 @@ local Ray instance, give the same records as one local engine (fields that do no
 
 from __future__ import annotations
 
+import pickle
+import queue
 import shutil
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,6 +15,8 @@ from batch_kit import BAD
 from videocap.batch import BatchConfig, LoadSpec, run_batch
 from videocap.batch import journal
 from videocap.batch.engine_loop import TaskSpec
+from videocap.batch.inputs import Item
+from videocap.batch.ray import DECODE_FAILED, EngineActor
 
 SAME = ("path", "mode", "model", "caption", "segments", "frame_timestamps", "prompt_tokens", "new_tokens",
         "requests", "finish_reason", "error", "reason")
@@ -63,8 +68,14 @@ def test_ray_local_instance(subset, tiny_ckpt, local_records, tmp_path):
     try:
         out = tmp_path / "j.jsonl"
         summary = run_batch(config(subset, out, tiny_ckpt, ray="auto", gpus=1, decode_workers=2))
+        # A decode task that fails outright (say its worker died) becomes its video's error record in the engine.
+        failed_task = ray.remote(lambda: 1 / 0).remote()
+        holder = SimpleNamespace(inbox=queue.Queue())
+        EngineActor.put(holder, [failed_task], Item("x", "x.mp4"))
+        decoded = pickle.loads(holder.inbox.get_nowait())
     finally:
         ray.shutdown()
+    assert decoded.item.id == "x" and decoded.reason == DECODE_FAILED and "ZeroDivisionError" in decoded.error
     assert summary.engines == 1 and summary.done == 10 and sum(summary.failed.values()) == 4
     same(journal.read(str(out)).records, local_records)
     assert sum(1 for _ in open(out)) == 14

@@ -17,10 +17,11 @@ import threading
 import time
 from collections import deque
 
-from videocap.batch.decode import END, decode_item, lower_priority
+from videocap.batch.decode import END, Decoded, decode_item, lower_priority
 from videocap.batch.engine_loop import EngineLoop, EngineStats
 from videocap.errors import VideocapError
 
+DECODE_FAILED = "decode failed"  # the reason of a video whose decode task itself failed
 POLL_S = 0.05  # how often this process collects records and hands out decoded videos
 
 
@@ -73,7 +74,17 @@ class EngineActor:
         running = self.loop.spec.max_active or 2 * self.captioner.engine.scheduler.max_num_seqs
         return self.family, pickle.dumps(self.prepare) if self.prepare is not None else None, running
 
-    def put(self, blob: bytes) -> None:
+    def put(self, decoded: list, item) -> None:
+        """`decoded`: [the decode task's reference], resolved here so that a task that failed (its worker died,
+        after Ray's retries) becomes this video's error record instead of a call that fails unseen."""
+        import ray
+
+        try:
+            blob = ray.get(decoded[0])
+        except Exception as e:  # noqa: BLE001 - any task failure ends this video alone
+            message = " ".join(str(e).split()[:40]) or type(e).__name__
+            blob = pickle.dumps(Decoded(item, error=f"its decode task failed ({type(e).__name__}: {message})",
+                                        reason=DECODE_FAILED))
         self.inbox.put(blob)
 
     def finish(self) -> None:
@@ -139,23 +150,27 @@ def _run(ray, config, todo, emit, stop_event, say, ready_callback) -> list[Engin
 
     items = deque(todo)
     decoding: list = []
+    item_of: dict = {}  # decode task reference -> its input
     outstanding = [0] * len(actors)  # videos handed to each engine and not yet written
     stats: list[EngineStats | None] = [None] * len(actors)
     finished = halted = False
     while any(s is None for s in stats):
         if stop_event.is_set() and not halted:  # Ctrl-C: nothing new; the engines finish what they hold
             items.clear()
-            decoding = []
+            decoding, item_of = [], {}
             for a in actors:
                 a.halt.remote()
             halted = True
         while items and len(decoding) < workers and sum(outstanding) + len(decoding) < per_actor * len(actors):
-            decoding.append(decode.remote(items.popleft(), settings, prepare))
+            item = items.popleft()
+            ref = decode.remote(item, settings, prepare)
+            item_of[ref] = item
+            decoding.append(ref)
         if decoding:  # whatever finishes decoding within POLL_S
             done, decoding = ray.wait(decoding, num_returns=len(decoding), timeout=POLL_S)
             for ref in done:  # the engine with the fewest outstanding takes it (its reference, not its bytes)
                 k = min(range(len(actors)), key=outstanding.__getitem__)
-                actors[k].put.remote(ref)
+                actors[k].put.remote([ref], item_of.pop(ref))
                 outstanding[k] += 1
         else:
             time.sleep(POLL_S)
