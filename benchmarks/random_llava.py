@@ -25,9 +25,14 @@ def model_config(tiny: bool) -> LlavaNextConfig:
 
 
 def random_model(cfg: LlavaNextConfig, device: torch.device, dtype: torch.dtype) -> LlavaNext:
-    """videocap's LlavaNext with random weights, built in place: norms 1, biases 0, matrices N(0, 1/fan_in) so
-    activations keep unit scale through the layers and the logits are spread (std ≈ 1), not degenerate."""
-    model = build_on_meta(lambda: LlavaNext(cfg), device, dtype)
+    """videocap's LlavaNext with random weights, built in place (`fill_random`)."""
+    return fill_random(build_on_meta(lambda: LlavaNext(cfg), device, dtype), device)
+
+
+def fill_random(model: nn.Module, device: torch.device) -> nn.Module:
+    """Random weights in place: norms 1, biases 0, matrices N(0, 1/fan_in) so activations keep unit scale through
+    the layers and the logits are spread (std ≈ 1), not degenerate (LoRA
+    branches included: their cost is real); other vectors N(0, 0.02)."""
     gen = torch.Generator(device).manual_seed(0)
     with torch.no_grad():
         for module in model.modules():

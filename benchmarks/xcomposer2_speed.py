@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from random_llava import fill_random
 from videocap.engine.engine import Engine
 from videocap.engine.request import ImageInput, Request, SamplingParams
 from videocap.models.layers.attention import AttnMetadata
@@ -40,21 +41,8 @@ TEXT_AFTER_IMAGE = 30  # about the chat text of the fast prompt; a pair's prompt
 
 
 def random_model(tiny: bool, device: torch.device, dtype: torch.dtype):
-    """The model with random weights built in place: norms 1, biases 0, matrices N(0, 1/fan_in), LoRA branches
-    non-zero (so their cost is real)."""
-    model = build(PRESETS["tiny" if tiny else "7b"], device, dtype)
-    gen = torch.Generator(device).manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            is_norm = "norm" in type(module).__name__.lower()
-            for name, p in module.named_parameters(recurse=False):
-                if is_norm:
-                    p.fill_(1.0 if name == "weight" else 0.0)
-                elif name == "bias":
-                    p.zero_()
-                else:
-                    p.normal_(0.0, 1 / math.sqrt(p[0].numel()) if p.dim() > 1 else 0.02, generator=gen)
-    return model.eval()
+    """The model with random weights built in place (random_llava.fill_random)."""
+    return fill_random(build(PRESETS["tiny" if tiny else "7b"], device, dtype), device)
 
 
 def frames(n: int, size: tuple[int, int], seed: int) -> list[np.ndarray]:
