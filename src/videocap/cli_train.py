@@ -15,6 +15,8 @@ what a run writes in --out:
 examples:
   videocap train run --out runs/tiny --steps 3000 --workers 8            # the tiny model from scratch
   videocap train run --out runs/tiny --resume                             # continue after an interruption
+  videocap train run --out runs/ft --init tiny --pool 40000 --workers 15 --steps 100000 --time-budget 180
+                                      # render 40k examples once, then epochs over them for 180 s
   videocap train synth --out data --n 500 && \\
   videocap train run --out runs/ft --records data/records.jsonl --init runs/tiny/model --lora-rank 8"""
 
@@ -70,6 +72,10 @@ def add_train_commands(commands) -> None:
                      help="dtype of model.safetensors (default: bf16)")
     run.add_argument("--preset", choices=["tiny", "debug"], default="tiny",
                      help="architecture when training from scratch (default: tiny; debug: a toy for tests)")
+    run.add_argument("--pool", type=_nonnegative_int, default=0, metavar="N",
+                     help="render N examples once (in parallel over --workers) and train over them in shuffled "
+                     "epochs at the GPU's pace (default: 0, fresh examples every step); --resume renders the same "
+                     "pool again")
     run.add_argument("--seed", type=_nonnegative_int, default=0, help="initialisation seed (default: 0)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(run=run_train)
@@ -104,7 +110,7 @@ def run_train(args: argparse.Namespace) -> int:
         out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         save_every=args.save_every, log_every=args.log_every, device=args.device, workers=args.workers,
         seed=args.seed, init=args.init, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, records=args.records,
-        time_budget=args.time_budget, save_dtype=args.save_dtype, preset=args.preset)
+        time_budget=args.time_budget, save_dtype=args.save_dtype, preset=args.preset, pool=args.pool)
     print(json.dumps(train(settings, resume=args.resume, progress=not args.quiet)))
     return 0
 

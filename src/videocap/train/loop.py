@@ -10,6 +10,10 @@ Start points: the tiny preset with a tokenizer trained from the synthetic text (
 llava-hf checkpoint, fine-tuned fully or through LoRA adapters (`lora_rank`). bf16 autocast over fp32 weights on
 CUDA, fp32 on the CPU. A `time_budget` (seconds) ends the run early and compresses the learning-rate schedule
 into it (the device runs use it; such a run is not bit-for-bit reproducible).
+
+`pool` > 0 (pool.py) renders examples 0 .. pool-1 once, before the clock starts (the time budget and the logged
+rate count training only), and takes every step from that pool in shuffled epochs. Resuming a pooled run renders
+the same pool again and continues with the step the uninterrupted run would have taken.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from videocap.errors import CheckpointError, VideocapError
 from videocap.models.llava_next.config import parse_config
 from videocap.models.llava_next.processor import LlavaNextProcessor
 from videocap.models.llava_next.prompt import BOS_TOKEN, EOT_TOKEN, load_tokenizer
-from videocap.train import checkpoint, forward, lora
+from videocap.train import checkpoint, forward, lora, pool
 from videocap.train.data import Examples, RecordSource, collate
 from videocap.train.examples import SyntheticSource
 from videocap.train.synthetic import EVAL_SEED_BASE
@@ -62,6 +66,7 @@ class TrainSettings:
     vocab_size: int = 1024
     preset: str = "tiny"  # tiny.PRESETS: the architecture of a model trained from scratch
     corpus_scenes: int = 3000  # scenes whose text trains the tokenizer
+    pool: int = 0  # > 0: render this many examples once and train over them in shuffled epochs (pool.py)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "save_every", "log_every", "vocab_size"):
@@ -75,7 +80,11 @@ class TrainSettings:
             raise VideocapError(f"--preset must be tiny or debug, got {self.preset!r}")
         if self.save_dtype not in SAVE_DTYPES:
             raise VideocapError(f"--save-dtype must be one of {', '.join(SAVE_DTYPES)}")
-        if self.records is None and self.steps * self.batch_size >= EVAL_SEED_BASE:
+        if self.pool < 0:
+            raise VideocapError(f"--pool must be at least 0, got {self.pool}")
+        if self.pool and self.pool < self.batch_size:
+            raise VideocapError(f"--pool must hold at least one batch ({self.batch_size} examples), got {self.pool}")
+        if self.records is None and (self.pool or self.steps * self.batch_size) >= EVAL_SEED_BASE:
             raise VideocapError("steps x batch size would reach the evaluation clips' seeds")
 
 
@@ -166,14 +175,23 @@ def train(settings: TrainSettings, *, resume: bool = False, progress: bool = Tru
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed = state["step"], state["elapsed"]
     source = RecordSource(settings.records, start.processor) if settings.records else SyntheticSource(start.processor)
-    loader = DataLoader(Examples(source, step * settings.batch_size, settings.steps * settings.batch_size),
-                        batch_size=settings.batch_size, shuffle=False, num_workers=settings.workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda", worker_init_fn=_one_thread,
-                        prefetch_factor=8 if settings.workers else None, persistent_workers=False)
+    pool_seconds = None
+    if settings.pool:
+        examples, pool_seconds = pool.render(source, settings.pool, workers=settings.workers, device=device,
+                                             progress=progress, worker_init_fn=_one_thread)
+        loader = pool.batches(examples, settings.batch_size, settings.seed, step, settings.steps)
+    else:
+        loader = DataLoader(Examples(source, step * settings.batch_size, settings.steps * settings.batch_size),
+                            batch_size=settings.batch_size, shuffle=False, num_workers=settings.workers,
+                            collate_fn=collate, pin_memory=device.type == "cuda", worker_init_fn=_one_thread,
+                            prefetch_factor=8 if settings.workers else None, persistent_workers=False)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     torch.backends.cuda.matmul.allow_tf32 = True
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "log.jsonl", "a", encoding="utf-8")
+    if pool_seconds is not None:
+        log.write(json.dumps({"pool": settings.pool, "render_seconds": round(pool_seconds, 1),
+                              "examples_per_s": round(settings.pool / max(pool_seconds, 1e-9), 1)}) + "\n")
 
     def save() -> None:
         checkpoint.save_model(model, start.config, start.tokenizer, start.tokenizer_config, out / "model",
@@ -234,12 +252,15 @@ def train(settings: TrainSettings, *, resume: bool = False, progress: bool = Tru
     if last is None and window:
         last = float(torch.stack(window).mean())
     save()
-    return {"steps": step, "loss": last, "seconds": round(elapsed, 1), "model": str(out / "model")}
+    summary = {"steps": step, "loss": last, "seconds": round(elapsed, 1), "model": str(out / "model")}
+    if pool_seconds is not None:
+        summary["pool_seconds"] = round(pool_seconds, 1)
+    return summary
 
 
 # What a resumed run must share with the run it continues: its examples (which example is step i's), its model's
 # shape, where it started. The rest (--steps, --lr, saving, workers, device, time budget) may change.
-RESUME_FIXED = ("batch_size", "seed", "init", "lora_rank", "lora_alpha", "records", "preset", "vocab_size")
+RESUME_FIXED = ("batch_size", "seed", "init", "lora_rank", "lora_alpha", "records", "preset", "vocab_size", "pool")
 
 
 def _check_resumable(state_path: Path, saved: dict, settings: TrainSettings) -> None:
