@@ -100,16 +100,16 @@ def test_slide_mode(subset, tmp_path, tiny_base):
 def test_out_of_memory_shrinks_the_batch_and_loses_nothing(subset, tmp_path, tiny_base, monkeypatch):
     runner = tiny_base.engine.runner
     real = runner.run
-    sizes = []
+    scheduler = tiny_base.engine.scheduler
 
     def run(batch, *args, **kwargs):
-        sizes.append(len(batch.seqs))
-        if len(batch.seqs) > 2:
+        # Every step runs out of memory until the batch limit is down to 2 (8 -> 4 -> 2): whatever the step's size,
+        # which depends on how fast the decode workers deliver on a busy machine.
+        if scheduler.max_num_seqs > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return real(batch, *args, **kwargs)
 
     monkeypatch.setattr(runner, "run", run)
-    scheduler = tiny_base.engine.scheduler
     monkeypatch.setattr(scheduler, "max_num_seqs", 8)
     monkeypatch.setattr(scheduler, "max_prefill_tokens", scheduler.max_prefill_tokens)
     messages = []
@@ -118,7 +118,7 @@ def test_out_of_memory_shrinks_the_batch_and_loses_nothing(subset, tmp_path, tin
     summary = run_batch(config(subset / "clip*.mp4", out), tiny_base, log=messages.append)
     recs = journal.read(str(out)).records
     assert len(recs) == 8 and all("caption" in r for r in recs.values())
-    assert summary.out_of_memory >= 2 and scheduler.max_num_seqs == 2 and max(sizes) > 2
+    assert summary.out_of_memory >= 2 and scheduler.max_num_seqs == 2
     assert any("out of memory" in m and "at most 2 sequences" in m for m in messages)
     assert sum(1 for _ in open(out)) == 8  # each video once
 
