@@ -15,6 +15,7 @@ from videocap.models.layers.attention import AttnMetadata
 from videocap.models.layers.clip import ClipVisionTransformer
 from videocap.models.layers.llama import LlamaDecoder
 from videocap.models.layers.mlp import TwoLayerMLP
+from videocap.models.layers.splice import splice_images
 from videocap.models.llava_next import anyres
 from videocap.models.llava_next.config import LlavaNextConfig
 
@@ -82,11 +83,7 @@ class LlavaNext(nn.Module):
         self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None = None, image_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(T,) ids → (T, hidden), with rows where `image_mask` is set taken, in order, from `image_embeds`."""
-        x = self.llm.embed_tokens(input_ids)
-        if image_mask is not None and image_embeds is not None:
-            assert int(image_mask.sum()) == image_embeds.shape[0], "one image embedding per image position"
-            x = x.masked_scatter(image_mask[:, None], image_embeds.to(x.dtype))
-        return x
+        return splice_images(self.llm.embed_tokens(input_ids), image_embeds, image_mask)
 
     def forward(
         self,

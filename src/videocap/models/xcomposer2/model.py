@@ -15,6 +15,7 @@ from torch import nn
 
 from videocap.models.layers.attention import AttnMetadata
 from videocap.models.layers.lora import image_rows
+from videocap.models.layers.splice import splice_images
 from videocap.models.xcomposer2.config import XComposer2Config
 from videocap.models.xcomposer2.decoder import InternLM2Decoder
 from videocap.models.xcomposer2.vision import XComposerVision
@@ -53,11 +54,7 @@ class XComposer2(nn.Module):
         self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None = None, image_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(T,) ids → (T, hidden), with rows where `image_mask` is set taken, in order, from `image_embeds`."""
-        x = self.llm.tok_embeddings(input_ids)
-        if image_mask is not None and image_embeds is not None:
-            assert int(image_mask.sum()) == image_embeds.shape[0], "one image embedding per image position"
-            x = x.masked_scatter(image_mask[:, None], image_embeds.to(x.dtype))
-        return x
+        return splice_images(self.llm.tok_embeddings(input_ids), image_embeds, image_mask)
 
     def forward(
         self,
