@@ -104,58 +104,52 @@ def test_transformers_reads_the_checkpoint(start, tmp_path):
     torch.testing.assert_close(vision, model.vision.features(pixels, -1), atol=1e-4, rtol=1e-4)
 
 
-def test_resume_continues_the_same_run(tmp_path, monkeypatch):
-    settings = dict(steps=4, batch_size=1, warmup=1, lr=3e-3, save_every=100, log_every=1, **DEBUG)
-    straight = train(TrainSettings(out=str(tmp_path / "a"), **settings), progress=False)
+RESUME_SETTINGS = dict(steps=4, batch_size=1, warmup=1, lr=3e-3, save_every=100, log_every=1, **DEBUG)
+
+
+def interrupt_then_resume(tmp_path, monkeypatch, on_loss_call: dict) -> int:
+    """Train straight into a/, then into b/ with `on_loss_call[n]` run at the n-th loss call until the run ends with
+    KeyboardInterrupt, then resume b/ and check it ends with a/'s weights. Returns b/'s step count at the stop."""
+    straight = train(TrainSettings(out=str(tmp_path / "a"), **RESUME_SETTINGS), progress=False)
     calls = {"n": 0}
     real = forward.loss
 
-    def interrupted(model, batch):
+    def loss(model, batch):
         calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
+        if calls["n"] in on_loss_call:
+            on_loss_call[calls["n"]]()
         return real(model, batch)
 
-    monkeypatch.setattr(forward, "loss", interrupted)
+    monkeypatch.setattr(forward, "loss", loss)
     with pytest.raises(KeyboardInterrupt):
-        train(TrainSettings(out=str(tmp_path / "b"), **settings), progress=False)
-    assert checkpoint.load_state(tmp_path / "b" / "state.pt")["step"] == 2
+        train(TrainSettings(out=str(tmp_path / "b"), **RESUME_SETTINGS), progress=False)
+    stopped_at = checkpoint.load_state(tmp_path / "b" / "state.pt")["step"]
     monkeypatch.setattr(forward, "loss", real)
-    resumed = train(TrainSettings(out=str(tmp_path / "b"), **settings), resume=True, progress=False)
+    resumed = train(TrainSettings(out=str(tmp_path / "b"), **RESUME_SETTINGS), resume=True, progress=False)
     assert resumed["steps"] == straight["steps"] == 4
     a = checkpoint.load_state(tmp_path / "a" / "state.pt")["model"]
     b = checkpoint.load_state(tmp_path / "b" / "state.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    return stopped_at
+
+
+def test_resume_continues_the_same_run(tmp_path, monkeypatch):
+    def stop():
+        raise KeyboardInterrupt
+
+    assert interrupt_then_resume(tmp_path, monkeypatch, {3: stop}) == 2
     assert (tmp_path / "b" / "model" / "model.safetensors").is_file()
     with pytest.raises(VideocapError, match="changed: batch_size 1 -> 2"):  # step i would be other examples
-        train(TrainSettings(out=str(tmp_path / "b"), **{**settings, "batch_size": 2}), resume=True, progress=False)
+        train(TrainSettings(out=str(tmp_path / "b"), **{**RESUME_SETTINGS, "batch_size": 2}), resume=True,
+              progress=False)
 
 
 def test_ctrl_c_mid_step_ends_the_run_after_that_step(tmp_path, monkeypatch):
     """A real SIGINT while a step computes: the step is applied and counted, then the run saves and stops; resuming
     gives the uninterrupted run's weights (no step applied twice)."""
-    settings = dict(steps=4, batch_size=1, warmup=1, lr=3e-3, save_every=100, log_every=1, **DEBUG)
-    straight = train(TrainSettings(out=str(tmp_path / "a"), **settings), progress=False)
-    calls = {"n": 0}
-    real = forward.loss
-
-    def signalled(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while step 2 computes
-        return real(model, batch)
-
-    monkeypatch.setattr(forward, "loss", signalled)
-    with pytest.raises(KeyboardInterrupt):
-        train(TrainSettings(out=str(tmp_path / "b"), **settings), progress=False)
-    assert checkpoint.load_state(tmp_path / "b" / "state.pt")["step"] == 2  # step 2 finished and was counted
+    ctrl_c = {2: lambda: os.kill(os.getpid(), signal.SIGINT)}  # Ctrl-C arrives while step 2 computes
+    assert interrupt_then_resume(tmp_path, monkeypatch, ctrl_c) == 2  # step 2 finished and was counted
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
-    monkeypatch.setattr(forward, "loss", real)
-    resumed = train(TrainSettings(out=str(tmp_path / "b"), **settings), resume=True, progress=False)
-    assert resumed["steps"] == straight["steps"] == 4
-    a = checkpoint.load_state(tmp_path / "a" / "state.pt")["model"]
-    b = checkpoint.load_state(tmp_path / "b" / "state.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
     assert not list((tmp_path / "b" / "model").glob("*.tmp"))
 
 
