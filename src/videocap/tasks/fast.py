@@ -57,7 +57,7 @@ def fast_input(plan: VideoPlan, family: Family, *, threads: int = 0, prepare=Non
     """Decode `plan`'s frames and lay them out; `prepare` (a processor's `prepare_image`) turns the image into the
     model's input here too. `threads`: decoder threads (0: one per core)."""
     t0 = time.perf_counter()
-    with VideoReader(plan.path, allow_partial=plan.allow_partial, threads=threads) as reader:
+    with VideoReader(plan.path, allow_partial=plan.allow_partial, threads=threads, device=plan.decode_device) as reader:
         frames = reader.read(plan.timestamps, plan.seek, plan.max_side)
         warnings = (*plan.warnings, *reader.warnings)
     image = family.fast_layout([f.image for f in frames])

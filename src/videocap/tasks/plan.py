@@ -45,6 +45,7 @@ class VideoPlan:
     allow_partial: bool = False
     strategy: str = "uniform16"  # uniform16 | every | keyframes
     warnings: tuple[str, ...] = ()
+    decode_device: str | None = None  # where the frames are decoded: None (the CPU) or "cuda[:N]" (video/hardware.py)
 
 
 def plan_video(
@@ -59,11 +60,13 @@ def plan_video(
     max_side: int | None = None,
     allow_partial: bool = False,
     keyframes: KeyframeOptions | None = None,
+    decode_device: str | None = None,
 ) -> VideoPlan:
     """Plan `video` for `mode` ("fast" or "slide").
 
     `frames`: the fast mode's frame count (uniform16, default 16), or "keyframes" for either mode. The sliding
-    mode samples one frame every `seconds` otherwise.
+    mode samples one frame every `seconds` otherwise. `decode_device`: where the planned frames will be decoded
+    ("cuda[:N]": the GPU's video engines, same pixels); planning itself reads the file on the CPU.
     """
     path = os.fspath(video)
     if frames == KEYFRAMES:
@@ -71,7 +74,7 @@ def plan_video(
                                  max_side=max_side, allow_partial=allow_partial)
         if mode == "fast" and len(times) > FAST_KEYFRAME_CAP:
             times = [times[round(k * (len(times) - 1) / (FAST_KEYFRAME_CAP - 1))] for k in range(FAST_KEYFRAME_CAP)]
-        return VideoPlan(path, tuple(times), seek, max_side, allow_partial, KEYFRAMES)
+        return VideoPlan(path, tuple(times), seek, max_side, allow_partial, KEYFRAMES, decode_device=decode_device)
     if mode == "fast":
         frames = 16 if frames is None else frames
         if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
@@ -89,7 +92,7 @@ def plan_video(
     with VideoReader(path, allow_partial=allow_partial) as reader:
         chosen = choose(reader, strategy, start, end)
         warnings = tuple(reader.warnings)
-    return VideoPlan(path, chosen.timestamps, seek, max_side, allow_partial, name, warnings)
+    return VideoPlan(path, chosen.timestamps, seek, max_side, allow_partial, name, warnings, decode_device)
 
 
 def select_keyframes(path: str, options: KeyframeOptions, **window) -> list[float]:

@@ -68,7 +68,7 @@ def pair_text(family: Family, options: SlideOptions, i: int, t1: float, t2: floa
 def slide_task(plan: VideoPlan, family: Family, options: SlideOptions) -> TaskGen:
     usage = Usage()
     held = FrameCount()
-    reader = VideoReader(plan.path, allow_partial=plan.allow_partial)
+    reader = VideoReader(plan.path, allow_partial=plan.allow_partial, device=plan.decode_device)
     try:
         frames = reader.iter_frames(plan.timestamps, plan.seek, plan.max_side)
         prev = _next(frames, held, usage)

@@ -30,6 +30,7 @@ import av
 import numpy as np
 
 from videocap.errors import TruncatedVideoError
+from videocap.video import hardware
 from videocap.video.decoder import Decoder, SeekMode, StreamFacts
 from videocap.video.packets import Keyframes, scan_packets
 from videocap.video.probe import (
@@ -58,7 +59,8 @@ class VideoReader:
 
     `allow_partial` turns damage into warnings: a truncated file is sampled over its decodable part (the
     timeline is recounted from the packets that are whole), and undecodable packets are skipped.
-    `threads` bounds the decoding threads (0: one per core). `info.rotation` is read off the first frame
+    `threads` bounds the decoding threads (0: one per core). `device`: "cuda" or "cuda:N" decodes on that GPU's
+    video engines with the CPU decoder's pixels (`hardware`); None or "cpu", FFmpeg's CPU decoders. `info.rotation` is read off the first frame
     decoded (PyAV shows the display matrix only on frames), so it is final once a frame has been read.
     """
 
@@ -69,8 +71,12 @@ class VideoReader:
         allow_partial: bool = False,
         threads: int = 0,
         count_frames: bool = True,
+        device: str | None = None,
     ):
         self.path = os.fspath(path)
+        self.device = hardware.parse_device(device)
+        hardware.check_device(self.device)
+        self._hwaccel = hardware.hwaccel(self.device)
         self.allow_partial = allow_partial
         self.threads = threads if threads > 0 else (os.cpu_count() or 1)
         self.warnings: list[str] = []
@@ -194,7 +200,10 @@ class VideoReader:
             if idle:
                 return idle.pop()
             opened, self._opened = self._opened, None
-        decoder = Decoder(self.facts, mode, threads, self.warnings, opened)
+        if opened is not None and self._hwaccel is not None:
+            opened[0].close()  # opened for the CPU: a GPU decoder opens the file with its hwaccel
+            opened = None
+        decoder = Decoder(self.facts, mode, threads, self.warnings, opened, self._hwaccel)
         with self._lock:
             self._all.append(decoder)
         return decoder
@@ -252,9 +261,11 @@ class VideoReader:
 
     def _rgb(self, decoder: Decoder, frame, size: tuple[int, int]) -> np.ndarray:
         w, h = size
+        shown = frame  # its metadata (range, rotation, pixel format) is what the stream declares
+        frame = hardware.to_software(frame)
         resize = (w, h) != (frame.width, frame.height)
         options = {}
-        if frame.color_range == av.video.reformatter.ColorRange.JPEG:
+        if shown.color_range == av.video.reformatter.ColorRange.JPEG:
             options["src_color_range"] = av.video.reformatter.ColorRange.JPEG
         # Same-size conversion uses bicubic chroma upsampling like FFmpeg's scale filter (what decord runs);
         # a downscale uses area averaging, the right filter for large reductions.
@@ -263,8 +274,9 @@ class VideoReader:
             frame, width=w, height=h, format="rgb24", interpolation=interpolation, threads=1, **options
         )
         image = rgb.to_ndarray()
-        self.info = with_frame_facts(self.info, frame)
-        turns = frame_rotation(frame) // 90
+        rotation = frame_rotation(shown)
+        self.info = with_frame_facts(self.info, frame, rotation)
+        turns = rotation // 90
         if turns:
             image = np.ascontiguousarray(np.rot90(image, k=-turns))  # rot90 turns counter-clockwise
         return image

@@ -96,9 +96,11 @@ class Decoder:
     makes several times slower, so slices only.
     """
 
-    def __init__(self, facts: StreamFacts, mode: SeekMode, threads: int, warnings: list[str], opened=None):
+    def __init__(self, facts: StreamFacts, mode: SeekMode, threads: int, warnings: list[str], opened=None,
+                 hwaccel=None):
         self.facts, self.mode, self.threads, self.warnings = facts, mode, threads, warnings
-        self._container, self._stream = opened if opened is not None else open_container(facts.path, light=True)
+        self.hwaccel = hwaccel  # decode on a GPU (`hardware.hwaccel`); frames then stay there until converted
+        self._container, self._stream = opened if opened is not None else self._open()
         self._configure()
         self._seek_failures = 0
         # The decode position: frames the decoder produces from here, the last one taken, one taken ahead.
@@ -259,6 +261,9 @@ class Decoder:
         cc.thread_type = "AUTO" if self.mode is SeekMode.EXACT else "SLICE"
         cc.thread_count = self.threads
 
+    def _open(self):
+        return open_container(self.facts.path, light=True, hwaccel=self.hwaccel)
+
     def _seek_to(self, stamp: int) -> bool:
         """Seek to the keyframe at or before `stamp`; False (and back at the file's start) if the seek fails."""
         try:
@@ -273,7 +278,7 @@ class Decoder:
     def _restart(self) -> None:
         """Decode from the beginning of the file (a fresh open: seeking to the start is not always possible)."""
         self._container.close()
-        self._container, self._stream = open_container(self.facts.path, light=True)
+        self._container, self._stream = self._open()
         self._configure()
         self._reset()
 

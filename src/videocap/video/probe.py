@@ -105,21 +105,24 @@ def check_path(path: str) -> None:
         raise NotAVideoError(path, "empty file (0 bytes)")
 
 
-def open_container(path: str, light: bool = False) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+def open_container(
+    path: str, light: bool = False, hwaccel=None
+) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
     """Open `path` and return the container and its first real video stream, or raise a `VideoError`.
 
     `light` skips the decoding inside FFmpeg's stream-info probe, which decodes the first frame (as costly as a
     keyframe) only to learn the pixel format. The pixel format then stays unknown until a frame is decoded
     (`with_frame_facts`), and outside MP4/MOV the timing fields (start time, durations) come out wrong: use a
-    light open there only for a file a full open has described (`light_open_keeps_timing`).
+    light open there only for a file a full open has described (`light_open_keeps_timing`). `hwaccel`: decode on
+    a GPU (`hardware.hwaccel`).
     """
     check_path(path)
     if light:
-        opened = _open_light(path)
+        opened = _open_light(path, hwaccel)
         if opened is not None:
             return opened
     try:
-        container = av.open(path, metadata_errors="ignore")
+        container = av.open(path, metadata_errors="ignore", hwaccel=hwaccel)
     except PermissionError as e:
         raise VideoAccessError(path, "permission denied") from e
     except av.error.FFmpegError as e:
@@ -149,9 +152,9 @@ def _still_image(format_name: str) -> bool:
     return format_name == "image2" or (format_name.endswith("_pipe") and format_name != "gif_pipe")
 
 
-def _open_light(path: str):
+def _open_light(path: str, hwaccel=None):
     try:
-        container = av.open(path, metadata_errors="ignore", stream_options=[{"skip_frame": "all"}] * 8)
+        container = av.open(path, metadata_errors="ignore", stream_options=[{"skip_frame": "all"}] * 8, hwaccel=hwaccel)
     except (ValueError, av.error.FFmpegError):
         return None  # streams known only after probing (MPEG-TS), or a bad file: the full open reports it
     video = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
@@ -264,10 +267,10 @@ def describe(
     return Description(info, timeline, keys, scanned=scan is not None and source is CountSource.COUNTED)
 
 
-def with_frame_facts(info: VideoInfo, frame) -> VideoInfo:
-    """`info` completed from a decoded frame: its display rotation (width and height swapped as needed) and,
-    when the open did not learn it, its pixel format."""
-    rotation = frame_rotation(frame)
+def with_frame_facts(info: VideoInfo, frame, rotation: int | None = None) -> VideoInfo:
+    """`info` completed from a decoded frame: its display rotation (width and height swapped as needed; `rotation`
+    where the frame given is a copy without its side data) and, when the open did not learn it, its pixel format."""
+    rotation = frame_rotation(frame) if rotation is None else rotation
     unknown_format = info.pix_fmt == UNKNOWN
     if rotation == info.rotation and not unknown_format:
         return info
