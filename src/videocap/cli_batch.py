@@ -62,6 +62,10 @@ def add_batch_command(commands) -> None:
     _add_model_options(p, image=True)
     p.add_argument("--decode-workers", type=_positive_int, default=None, metavar="N",
                    help="decode processes (default: one per CPU core, less one per engine)")
+    p.add_argument("--decode-device", default="cpu", metavar="DEVICE",
+                   help="where videos are decoded: cpu (FFmpeg's decoders on the decode workers' cores), cuda (the "
+                   "engines' GPUs' video decoders, NVDEC, the same pixels; each decode worker then holds about 0.4 GB "
+                   "of GPU memory: lower --gpu-memory-fraction if they run short) or cuda:N (default: cpu)")
     p.add_argument("--prefetch", type=_positive_int, default=None, metavar="N",
                    help="decoded videos that may wait for the engine (default: 2 per decode worker, at least 8)")
     p.add_argument("--gpus", type=_positive_int, default=1, metavar="N",
@@ -105,7 +109,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     config = BatchConfig(
         args.input, args.out, load, task, args.frames, args.seconds, SeekMode(args.seek), args.max_side,
         args.allow_partial, args.max_duration, args.decode_workers, args.prefetch, args.retry_failed, args.shard,
-        args.gpus, args.ray, tuple(dict.fromkeys(args.export)), args.quiet,
+        args.gpus, args.ray, tuple(dict.fromkeys(args.export)), args.quiet, decode_device=args.decode_device,
     )
     summary = run_batch(config)  # a missing input or an unusable journal fails before the model loads
     print(summary.text(), flush=True)

@@ -15,6 +15,8 @@ from videocap.cli import main
     (["batch", "CLIPS", "--out", "J", "--shard", "4/4"], "0 <= I < N"),
     (["batch", "CLIPS", "--out", "J", "--shard", "x"], "must be I/N"),
     (["batch", "CLIPS", "--out", "/proc/no/such/dir/j.jsonl"], "j.jsonl"),
+    (["batch", "CLIPS", "--out", "J", "--decode-device", "gpu"], "unknown decode device 'gpu'"),
+    (["batch", "CLIPS", "--out", "J", "--decode-device", "cuda", "--ray"], "Ray's decode tasks run on CPU"),
 ])
 def test_bad_input_is_one_line_exit_2_before_the_model_loads(argv, needle, clips, tmp_path, capsys):
     subs = {"MISSING": str(tmp_path / "missing"), "CLIPS": str(clips), "J": str(tmp_path / "j.jsonl")}
@@ -35,3 +37,28 @@ def test_help_explains_inputs_journal_and_scale(capsys):
     for needle in ("--decode-workers", "--gpus", "--shard", "--ray", "--retry-failed", "--export", "manifest",
                    "resume", "--max-duration"):
         assert needle in text
+
+
+def test_decode_device_without_a_usable_gpu_fails_before_the_journal(clips, tmp_path, capsys):
+    from videocap.video.hardware import DecodeDeviceError, check_device
+
+    try:
+        check_device("cuda")
+        pytest.skip("this machine decodes on CUDA")
+    except DecodeDeviceError:
+        pass
+    journal = tmp_path / "j.jsonl"
+    code = main(["batch", str(clips), "--out", str(journal), "--decode-device", "cuda", "--model", "tiny", "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot decode on cuda" in err[0] and "--decode-device cpu" in err[0]
+    assert not journal.exists()
+
+
+def test_bad_model_fails_before_the_journal(clips, tmp_path, capsys):
+    journal = tmp_path / "j.jsonl"
+    code = main(["batch", str(clips), "--out", str(journal), "--model", str(tmp_path / "no-model"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-model" in err[0]
+    assert not journal.exists()

@@ -70,3 +70,4 @@ def test_interrupt_kill_and_resume(clips, tiny_ckpt, tmp_path):
     proc = videocap(*argv, env=env)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "skipped 60" in out and len(lines(journal)) == 60
+    assert "nothing to do" in out and "videos/hour" not in out

@@ -73,7 +73,18 @@ def test_export_csv_is_path_text_of_the_captioned(tmp_path):
     assert out == str(tmp_path / "captions.csv")
     with open(out, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    assert rows == [["path", "text"], ["a.mp4", 'A cat, "quoted", sits.'], ["c.mp4", "Two\nlines."]]
+    # c.mp4's caption is of a manifest window (from 2 s): the window travels with it.
+    assert rows == [["path", "text", "start", "end"], ["a.mp4", 'A cat, "quoted", sits.', "", ""],
+                    ["c.mp4", "Two\nlines.", "2", ""]]
+
+
+def test_export_csv_without_windows_is_path_text(tmp_path):
+    path = str(tmp_path / "j.jsonl")
+    with journal.Journal(path) as j:
+        j.write({"id": "a", "path": "a.mp4", "caption": "x"})
+        j.write({"id": "b", "path": "b.mp4", "error": "broken", "reason": "corrupt", "start": 1.0})
+    with open(export(path, "csv"), newline="", encoding="utf-8") as f:
+        assert list(csv.reader(f)) == [["path", "text"], ["a.mp4", "x"]]
 
 
 def test_export_parquet_keeps_every_record(tmp_path):

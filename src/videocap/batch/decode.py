@@ -21,8 +21,8 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 from videocap.batch import records
 from videocap.batch.inputs import Item
@@ -49,6 +49,7 @@ class DecodeSettings:
     allow_partial: bool = False
     max_duration: float | None = None  # seconds; longer videos (windows) are refused as "too long"
     threads: int = 1  # decoder threads per worker
+    device: str | None = None  # None: FFmpeg's CPU decoders; "cuda:N": that GPU's video engines (video/hardware.py)
 
 
 @dataclass
@@ -61,6 +62,8 @@ class Decoded:
     error: str | None = None
     reason: str | None = None
     seconds: float = 0.0  # in the worker
+    finished_at: float = 0.0  # time.time() when the worker finished it
+    queued: float = 0.0  # seconds from then until the engine took it (set by the engine)
 
 
 def decode_item(item: Item, settings: DecodeSettings, prepare=None) -> Decoded:
@@ -81,7 +84,7 @@ def decode_item(item: Item, settings: DecodeSettings, prepare=None) -> Decoded:
                                seconds=time.perf_counter() - t0)
         plan = plan_video(item.path, settings.mode, frames=settings.frames, seconds=settings.seconds,
                           start=item.start, end=item.end, seek=settings.seek, max_side=settings.max_side,
-                          allow_partial=settings.allow_partial)
+                          allow_partial=settings.allow_partial, decode_device=settings.device)
         ready = None
         if settings.mode == "fast":
             ready = fast_input(plan, family(settings.family), threads=settings.threads, prepare=prepare)
@@ -117,7 +120,9 @@ def _worker(jobs, ready, settings: DecodeSettings, prepare_blob: bytes | None) -
         item = jobs.get()
         if item is None:
             return
-        ready.put(pickle.dumps(decode_item(item, settings, prepare), protocol=pickle.HIGHEST_PROTOCOL))
+        decoded = decode_item(item, settings, prepare)
+        decoded.finished_at = time.time()
+        ready.put(pickle.dumps(decoded, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def mp_context():
@@ -137,13 +142,31 @@ def default_workers(gpus: int = 1) -> int:
     return max(1, (os.cpu_count() or 2) - gpus)
 
 
+def decode_devices(decode_device: str | None, gpus: int, engine_device: str | None) -> tuple[str, ...] | None:
+    """The GPUs the decode workers use, dealt in turn: None for the CPU; "cuda" means the engines' GPUs (with
+    --gpus N, cuda:0..N-1; else the engine's own cuda:K, or cuda:0); "cuda:N" that GPU for every worker."""
+    from videocap.video.hardware import parse_device
+
+    device = parse_device(decode_device)
+    if device is None:
+        return None
+    if device != "cuda":
+        return (device,)
+    if gpus > 1:
+        return tuple(f"cuda:{k}" for k in range(gpus))
+    if engine_device is not None and engine_device.startswith("cuda:"):
+        return (engine_device,)
+    return ("cuda:0",)
+
+
 class DecodePool:
     """`workers` decode processes over `items`; `ready` is the queue their results arrive on (pickled `Decoded`s,
     then `END` once per consumer). `prepare`: the processor's `prepare_image` (picklable) or None. `ready`: a queue
-    made beforehand (engine processes spawned before the pool hold it)."""
+    made beforehand (engine processes spawned before the pool hold it). `devices`: the GPUs that decode, dealt to
+    the workers in turn (None: `settings.device` for all)."""
 
     def __init__(self, items: Iterable[Item], settings: DecodeSettings, *, workers: int, prefetch: int,
-                 consumers: int = 1, prepare=None, context=None, ready=None):
+                 consumers: int = 1, prepare=None, context=None, ready=None, devices: Sequence[str] | None = None):
         ctx = context or mp_context()
         self.jobs = ctx.Queue(maxsize=2 * workers)
         self.ready = ready if ready is not None else ctx.Queue(maxsize=max(1, prefetch))
@@ -153,7 +176,8 @@ class DecodePool:
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # spawned children read their environment at start
         self.died = 0  # workers that ended with an error (and were replaced)
-        self._process = lambda k: ctx.Process(target=_worker, args=(self.jobs, self.ready, settings, blob),
+        each = [replace(settings, device=d) for d in devices] if devices else [settings]
+        self._process = lambda k: ctx.Process(target=_worker, args=(self.jobs, self.ready, each[k % len(each)], blob),
                                               daemon=True, name=f"videocap-decode-{k}")
         try:
             self.procs = [self._process(k) for k in range(workers)]

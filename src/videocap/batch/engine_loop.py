@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import pickle
 import queue
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,7 +56,7 @@ class EngineLoop:
     emit: Callable[[dict], None]
     stop: object  # has is_set(): stop taking new videos
     log: Callable[[str], None] = lambda message: None
-    retry: list[Decoded] = field(default_factory=list)
+    retry: deque[Decoded] = field(default_factory=deque)
 
     def __post_init__(self):
         self.session = captioning.session_of(self.captioner)
@@ -94,7 +96,7 @@ class EngineLoop:
             return None  # Ctrl-C: the driver finishes what it runs; the rest is left for the next run
         tasks: list[driver.TaskGen] = []
         while self.retry and (room is None or len(tasks) < room):
-            self._start(self.retry.pop(0), tasks)
+            self._start(self.retry.popleft(), tasks)
         while not self.ended and (room is None or len(tasks) < room):
             block = wait and not tasks
             try:
@@ -122,6 +124,8 @@ class EngineLoop:
             self._emit(records.failure(item, mode, self.name, e))
             return
         tasks.append(maker(decoded.plan, decoded.ready))
+        if decoded.finished_at:
+            decoded.queued = max(0.0, time.time() - decoded.finished_at)
         self.inflight[self.count] = decoded
         self.count += 1
 
@@ -130,7 +134,13 @@ class EngineLoop:
         if isinstance(result, VideocapError):
             self._emit(records.failure(decoded.item, self.spec.mode, self.name, result))
         else:
-            self._emit(records.success(decoded.item, result))
+            record = records.success(decoded.item, result)
+            if isinstance(record.get("timings"), dict):
+                # The worker's whole time on the video (probe, plan, decode, layout, prepare) and how long it
+                # then waited to be taken: where an end-to-end rate below the engine's goes.
+                record["timings"]["decode_worker"] = decoded.seconds
+                record["timings"]["queued"] = decoded.queued
+            self._emit(record)
 
     def _emit(self, record: dict) -> None:
         self.stats.videos += 1
@@ -151,6 +161,6 @@ class EngineLoop:
         scheduler.max_num_seqs = max(1, scheduler.max_num_seqs // 2)
         scheduler.max_prefill_tokens = max(1, scheduler.max_prefill_tokens // 2)
         self.stats.out_of_memory += 1
-        self.retry = lost + self.retry
+        self.retry.extendleft(reversed(lost))
         self.log(f"out of memory in the engine: {len(lost)} video(s) retried with at most {scheduler.max_num_seqs} "
                  f"sequences and {scheduler.max_prefill_tokens} prefill tokens a step")

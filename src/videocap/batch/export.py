@@ -1,7 +1,8 @@
 """Other formats from the journal, written at the end of a job: Parquet (every record) and CSV (`path,text`).
 
 The CSV is the form text-to-video trainers such as Open-Sora read: one row per captioned video, its path and its
-caption (videos that failed are left out). Parquet keeps every latest record, errors included, in fixed columns
+caption (videos that failed are left out); when a manifest gave windows, `start,end` columns (seconds, empty for
+a whole video) follow, since such a caption describes its window only. Parquet keeps every latest record, errors included, in fixed columns
 (timings and segments as nested types). Parquet needs pyarrow: `pip install 'videocap[parquet]'`.
 """
 
@@ -29,12 +30,17 @@ def export(out: str, kind: str) -> str:
     tmp = path + ".tmp"  # a reader never sees half a file
     try:
         if kind == "csv":
+            captioned = [r for r in records if "error" not in r]
+            # A caption of a manifest window describes that window, not the whole file: say which.
+            windows = any(r.get("start") is not None or r.get("end") is not None for r in captioned)
             with open(tmp, "w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
-                writer.writerow(["path", "text"])
-                for r in records:
-                    if "error" not in r:
-                        writer.writerow([r["path"], r.get("caption", "")])
+                writer.writerow(["path", "text", "start", "end"] if windows else ["path", "text"])
+                for r in captioned:
+                    row = [r["path"], r.get("caption", "")]
+                    if windows:
+                        row += ["" if r.get(k) is None else f"{r[k]:g}" for k in ("start", "end")]
+                    writer.writerow(row)
         elif kind == "parquet":
             _parquet(records, tmp)
         else:

@@ -103,7 +103,7 @@ def run(config, todo, emit, stop_event, say, ready_callback) -> list[EngineStats
                 pool = DecodePool(todo, config.decode_settings(family), workers=config.workers,
                                   prefetch=config.prefetch_size, consumers=len(procs),
                                   prepare=pickle.loads(blob) if blob is not None else None, context=ctx,
-                                  ready=ready)
+                                  ready=ready, devices=config.decode_devices)
             elif msg.kind == "ready":
                 started.add(msg.rank)
                 if len(started) == len(procs):

@@ -10,6 +10,7 @@ the next run. Either way every record written is whole, and rerunning the comman
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
 import sys
@@ -19,12 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from videocap.batch import journal as journal_mod
-from videocap.batch.decode import DecodePool, DecodeSettings, default_workers
+from videocap.batch.decode import DecodePool, DecodeSettings, decode_devices, default_workers
 from videocap.batch.engine_loop import EngineLoop, TaskSpec
 from videocap.batch.inputs import Item, read_inputs, shard
 from videocap.batch.progress import Progress, Summary
 from videocap.errors import BatchInputError
 from videocap.video import SeekMode
+from videocap.video.hardware import check_device, parse_device
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class BatchConfig:
     export: tuple[str, ...] = ()  # "parquet", "csv"
     quiet: bool = False
     fsync_every: float = 1.0
+    decode_device: str | None = None  # None/"cpu", "cuda" (the engines' GPUs) or "cuda:N": where videos decode
 
     def __post_init__(self):
         if self.shard is not None:
@@ -76,6 +79,8 @@ class BatchConfig:
                 raise BatchInputError(f"--shard {i}/{n}: the index must be from 0 to {n - 1}")
         if self.gpus < 1:
             raise BatchInputError(f"--gpus must be at least 1, got {self.gpus}")
+        if parse_device(self.decode_device) is not None and self.ray is not None:
+            raise BatchInputError("--decode-device cuda is for local jobs: Ray's decode tasks run on CPU workers")
         for kind in self.export:
             if kind not in ("parquet", "csv"):
                 raise BatchInputError(f"unknown export format {kind!r} (use parquet or csv)")
@@ -87,6 +92,10 @@ class BatchConfig:
     @property
     def prefetch_size(self) -> int:
         return self.prefetch if self.prefetch is not None else max(8, 2 * self.workers)
+
+    @property
+    def decode_devices(self) -> tuple[str, ...] | None:
+        return decode_devices(self.decode_device, self.gpus, self.load.device if self.load is not None else None)
 
     def decode_settings(self, family: str) -> DecodeSettings:
         return DecodeSettings(self.task.mode, family, self.frames, self.seconds, self.seek, self.max_side,
@@ -111,10 +120,27 @@ def run_batch(config: BatchConfig, captioner=None, *, log: Callable[[str], None]
     todo, summary, state = plan_job(config)
     summary.decode_workers = config.workers if todo else 0
     if todo:
+        for device in config.decode_devices or ():
+            check_device(device)  # an unusable GPU fails the job before it starts, not every video
+        created = not os.path.exists(config.out)
+        with journal_mod.Journal(config.out, config.fsync_every, state) as journal:  # an unwritable journal first
+            dropped_tail = journal.dropped_tail
+        if captioner is None and config.load is not None:
+            from videocap.weights import hub
+
+            # A bad --model fails here, before the progress bar, leaving no journal behind; a download happens
+            # once, not in each engine process.
+            try:
+                hub.resolve(config.load.model, allow_pickle=config.load.allow_pickle, progress=not config.quiet)
+            except BaseException:
+                if created and os.path.getsize(config.out) == 0:
+                    os.remove(config.out)
+                raise
+        state = journal_mod.read(config.out) if state.torn_tail else state  # its torn tail is gone
         with journal_mod.Journal(config.out, config.fsync_every, state) as journal, Stopper() as stopper:
             progress = Progress(summary, len(todo), config.quiet)
             say = log or progress.write
-            if journal.dropped_tail:
+            if dropped_tail:
                 say(f"videocap: warning: {config.out}: dropped a record cut short at its end (a crash mid-write)")
 
             def emit(record: dict) -> None:
@@ -162,7 +188,8 @@ def run_local(config: BatchConfig, todo: list[Item], emit, stop, say, ready, cap
         captioner = config.load.load()
     loop = EngineLoop(captioner, None, config.task, emit, stop, say)  # checks the job's prompts first
     pool = DecodePool(todo, config.decode_settings(family_of(captioner).name), workers=config.workers,
-                      prefetch=config.prefetch_size, prepare=picklable_prepare(captioner.processor, say))
+                      prefetch=config.prefetch_size, prepare=picklable_prepare(captioner.processor, say),
+                      devices=config.decode_devices)
     loop.ready = pool.ready
     ready()
     try:

@@ -47,9 +47,13 @@ class Summary:
         lines = [
             f"done {self.done}, failed {failed}" + (f" ({reasons})" if reasons else "") + f", skipped {self.skipped} "
             f"(already in the journal), of {self.inputs}",
-            f"{self.videos_per_hour:,.0f} videos/hour over {self.wall_seconds:.1f} s (model load {self.load_seconds:.1f} s); "
-            f"GPU busy {self.gpu_busy:.0%} ({self.engines} engine(s), {self.decode_workers} decode workers)",
         ]
+        if self.inputs and self.skipped == self.inputs:
+            lines.append("nothing to do: every input already has a record (--retry-failed redoes the errors)")
+        elif self.wall_seconds > 0:
+            lines.append(f"{self.videos_per_hour:,.0f} videos/hour over {self.wall_seconds:.1f} s (model load "
+                         f"{self.load_seconds:.1f} s); GPU busy {self.gpu_busy:.0%} ({self.engines} engine(s), "
+                         f"{self.decode_workers} decode workers)")
         if self.out_of_memory:
             lines.append(f"out of memory {self.out_of_memory} time(s): batches were shrunk and retried")
         if self.interrupted:

@@ -27,7 +27,9 @@ POLL_S = 0.05  # how often this process collects records and hands out decoded v
 
 def _decode(item, settings, prepare) -> bytes:
     lower_priority()
-    return pickle.dumps(decode_item(item, settings, prepare), protocol=pickle.HIGHEST_PROTOCOL)
+    decoded = decode_item(item, settings, prepare)
+    decoded.finished_at = time.time()
+    return pickle.dumps(decoded, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class EngineActor:
