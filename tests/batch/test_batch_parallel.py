@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from batch_kit import BAD
+from batch_kit import BAD, OneEngineFails
 
 from videocap.batch import BatchConfig, LoadSpec, run_batch
 from videocap.batch import journal
@@ -60,6 +60,20 @@ def test_gpus_n_engine_processes(subset, tiny_ckpt, local_records, tmp_path):
     assert summary.engines == 2 and summary.done == 10 and sum(summary.failed.values()) == 4
     same(journal.read(str(out)).records, local_records)
     assert sum(1 for _ in open(out)) == 14
+
+
+def test_one_engine_failing_leaves_the_job_to_the_others(subset, tiny_ckpt, local_records, tmp_path):
+    from dataclasses import replace
+
+    out = tmp_path / "j.jsonl"
+    base = config(subset, out, tiny_ckpt, gpus=2)
+    load = OneEngineFails(**{f: getattr(base.load, f) for f in ("model", "device", "image_view")},
+                          marker=str(tmp_path / "marker"))
+    said = []
+    summary = run_batch(replace(base, load=load), log=said.append)
+    assert summary.done == 10 and sum(summary.failed.values()) == 4 and summary.remaining == 0
+    assert any("injected: this engine's GPU is gone" in m and "going on with 1 engine" in m for m in said), said
+    same(journal.read(str(out)).records, local_records)
 
 
 def test_ray_local_instance(subset, tiny_ckpt, local_records, tmp_path):

@@ -4,7 +4,10 @@ The parent owns the inputs, the decode pool and the journal; each engine process
 takes decoded videos from the one ready queue (whichever engine is free takes the next: no static split), and
 sends its records back on a results queue for the parent to write. The first engine to load also sends its
 processor, which the decode workers need to prepare images, so decoding starts as soon as one model is loaded.
-Engine processes ignore Ctrl-C: the parent sets the shared stop event, and they finish what they run.
+Engine processes ignore Ctrl-C: the parent sets the shared stop event, and they finish what they run. An engine
+that fails (its model does not load on its GPU, a CUDA error) is reported and the others go on; the videos it held
+get no record, so the next run of the same command captions them. Only when every engine has failed does the job
+fail.
 """
 
 from __future__ import annotations
@@ -80,8 +83,21 @@ def run(config, todo, emit, stop_event, say, ready_callback) -> list[EngineStats
     pool = None
     stats: dict[int, EngineStats] = {}
     started: set[int] = set()
+    failed: dict[int, str] = {}
+
+    def lose(rank: int, why: str) -> None:
+        """One engine is gone: the others go on (the videos it held get no record; the next run redoes them)."""
+        failed[rank] = why
+        if len(failed) == len(procs):
+            raise VideocapError(why if len(procs) == 1 else f"every engine failed; the last: {why}")
+        left = len(procs) - len(failed)
+        say(f"videocap: warning: {why}; going on with {left} engine(s) (the videos it held get no record: rerun "
+            "the same command for them)")
+        if started and len(started) + len(failed) == len(procs):
+            ready_callback()
+
     try:
-        while len(stats) < len(procs):
+        while len(stats) + len(failed) < len(procs):
             if stop_event.is_set() and not stop.is_set():
                 stop.set()
                 if pool is not None:
@@ -89,12 +105,12 @@ def run(config, todo, emit, stop_event, say, ready_callback) -> list[EngineStats
             try:
                 msg = results.get(timeout=0.2)
             except queue.Empty:
-                dead = [k for k, p in enumerate(procs) if not p.is_alive() and k not in stats]
+                dead = [k for k, p in enumerate(procs) if not p.is_alive() and k not in stats and k not in failed]
                 if dead and results.empty():
                     time.sleep(0.2)  # its last messages may still be in the pipe
                     if results.empty():
-                        raise VideocapError(f"engine process {dead[0]} ended without a word "
-                                            f"(exit code {procs[dead[0]].exitcode})")
+                        lose(dead[0], f"engine process {dead[0]} ended without a word "
+                                      f"(exit code {procs[dead[0]].exitcode})")
                 continue
             if msg.kind == "record":
                 emit(msg.value)
@@ -106,14 +122,14 @@ def run(config, todo, emit, stop_event, say, ready_callback) -> list[EngineStats
                                   ready=ready, devices=config.decode_devices)
             elif msg.kind == "ready":
                 started.add(msg.rank)
-                if len(started) == len(procs):
+                if len(started) + len(failed) == len(procs):
                     ready_callback()
             elif msg.kind == "log":
                 say(msg.value)
             elif msg.kind == "done":
                 stats[msg.rank] = msg.value
-            elif msg.kind == "fatal":
-                raise VideocapError(msg.value)
+            elif msg.kind == "fatal" and msg.rank not in failed:
+                lose(msg.rank, msg.value)
         return [stats[k] for k in sorted(stats)]
     finally:
         stop.set()

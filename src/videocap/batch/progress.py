@@ -59,8 +59,8 @@ class Summary:
         if self.interrupted:
             lines.append(f"interrupted: {self.remaining} video(s) left for the next run (rerun the same command)")
         elif self.remaining:
-            lines.append(f"{self.remaining} video(s) got no record (a decode worker died on them); rerunning the same "
-                         "command retries them")
+            lines.append(f"{self.remaining} video(s) got no record (a decode worker or an engine died on them); "
+                         "rerunning the same command retries them")
         for path in self.exported:
             lines.append(f"wrote {path}")
         return "\n".join(lines)
