@@ -16,6 +16,8 @@ Steps, in one process:
   warmup     --warmup videos through the engine (CUDA graphs, Triton kernels)
   predecoded every clip decoded once by the decode pool, then --clips x --copies inputs (each clip under
              --copies ids) fed to the same EngineLoop from memory: engine + tasks + records, no decoding
+  supply     per --decode-device, the decode pool alone over 6 x workers inputs: videos/s the workers can supply
+             and their seconds per video by stage (probe, plan, frames, layout, prepare)
   e2e        run_batch on a manifest of the same --clips x --copies inputs with --decode-workers processes
              (default: cores - 1): decode, layout and anyres preparation in the workers, the engine in this
              process, the journal written as in a real job; once per --decode-device (cpu: FFmpeg's decoders on
@@ -52,7 +54,7 @@ from random_llava import model_config, random_model  # noqa: E402
 
 from videocap.api import Captioner  # noqa: E402
 from videocap.batch import BatchConfig, run_batch  # noqa: E402
-from videocap.batch.decode import END, DecodePool, DecodeSettings, default_workers  # noqa: E402
+from videocap.batch.decode import END, DecodePool, DecodeSettings, decode_devices, default_workers  # noqa: E402
 from videocap.batch.engine_loop import EngineLoop, TaskSpec  # noqa: E402
 from videocap.batch.inputs import Item  # noqa: E402
 from videocap.engine.engine import Engine  # noqa: E402
@@ -161,6 +163,32 @@ def decode_all(paths: list[str], settings: DecodeSettings, processor, workers: i
         pool.stop()
     assert len(out) == len(paths)
     return out
+
+
+def measure_supply(items: list[Item], settings: DecodeSettings, processor, workers: int) -> dict:
+    """The decode pool alone, no engine: how many videos a second the workers can supply (counted from the
+    `workers`-th result on, so that start-up is left out), and where a worker's time per video goes."""
+    pool = DecodePool(items, settings, workers=workers, prefetch=len(items) + 1, prepare=processor.prepare_image,
+                      devices=decode_devices(settings.device, 1, None))
+    arrivals, seconds, stages = [], [], {}
+    try:
+        while True:
+            blob = pool.ready.get(timeout=600)
+            if blob == END:
+                break
+            arrivals.append(time.perf_counter())
+            decoded = pickle.loads(blob)
+            assert decoded.error is None, f"{decoded.item.path}: {decoded.error}"
+            seconds.append(decoded.seconds)
+            for name, value in (decoded.stages or {}).items():
+                stages.setdefault(name, []).append(value)
+    finally:
+        pool.stop()
+    skip = min(workers, len(arrivals) - 2)
+    span = arrivals[-1] - arrivals[skip]
+    return {"videos": len(arrivals), "videos_per_s": (len(arrivals) - 1 - skip) / span if span > 0 else float("nan"),
+            "worker_s_per_video": float(np.mean(seconds)),
+            "stages_s_per_video": {k: float(np.mean(v)) for k, v in stages.items()}}
 
 
 def inputs(paths: list[str], copies: int) -> list[Item]:
@@ -296,6 +324,17 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"  {res['predecoded']['videos_per_s']:.2f} videos/s, GPU busy {res['predecoded']['gpu_busy']:.0%}")
     del blobs
 
+    res["supply"] = {}
+    for decode_device in decode_devices:
+        n = min(len(items), 6 * workers)
+        log(f"decode supply alone: {n} videos, {workers} workers, decoding on {decode_device}")
+        supply = measure_supply(items[:n], replace(settings, seek=SeekMode(args.seek),
+                                                            device=None if decode_device == "cpu" else decode_device),
+                                captioner.processor, workers)
+        res["supply"][decode_device] = supply
+        save()
+        log(f"  {supply['videos_per_s']:.2f} videos/s; a worker's seconds per video {supply['worker_s_per_video']:.2f}: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in supply["stages_s_per_video"].items()))
     res["e2e_runs"] = {}
     for decode_device in decode_devices:
         log(f"end to end: {len(items)} videos, {workers} decode workers, seek {args.seek}, decoding on {decode_device}")
@@ -319,6 +358,10 @@ def table(res: dict) -> str:
         f"| engine fed pre-decoded inputs (upper bound) | {p['videos_per_hour']:,.0f} | {p['videos_per_s']:.2f} | "
         f"{p['gpu_busy']:.0%} | — | — |",
     ]
+    for device, sup in res.get("supply", {}).items():
+        rows.append(f"| decode workers alone, `--decode-device {device}` (supply) | {sup['videos_per_s'] * 3600:,.0f} | "
+                    f"{sup['videos_per_s']:.2f} | — | {res['inputs']['decode_workers']} | "
+                    f"{sup['videos_per_s'] / p['videos_per_s']:.0%} |")
     for device, e in res["e2e_runs"].items():
         rows.append(f"| `videocap batch` end to end, `--decode-device {device}` | {e['videos_per_hour']:,.0f} | "
                     f"{e['videos_per_s']:.2f} | {e['gpu_busy']:.0%} | {res['inputs']['decode_workers']} | "

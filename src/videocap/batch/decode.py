@@ -64,6 +64,7 @@ class Decoded:
     seconds: float = 0.0  # in the worker
     finished_at: float = 0.0  # time.time() when the worker finished it
     queued: float = 0.0  # seconds from then until the engine took it (set by the engine)
+    stages: dict[str, float] | None = None  # `seconds` split: probe (--max-duration), plan, frames, layout, prepare
 
 
 def decode_item(item: Item, settings: DecodeSettings, prepare=None) -> Decoded:
@@ -82,13 +83,16 @@ def decode_item(item: Item, settings: DecodeSettings, prepare=None) -> Decoded:
                 return Decoded(item, error=f"{span:.1f} s of video is longer than --max-duration "
                                f"{settings.max_duration:g} s", reason=records.TOO_LONG,
                                seconds=time.perf_counter() - t0)
+        t_plan = time.perf_counter()
         plan = plan_video(item.path, settings.mode, frames=settings.frames, seconds=settings.seconds,
                           start=item.start, end=item.end, seek=settings.seek, max_side=settings.max_side,
                           allow_partial=settings.allow_partial, decode_device=settings.device)
+        stages = {"probe": t_plan - t0, "plan": time.perf_counter() - t_plan}
         ready = None
         if settings.mode == "fast":
             ready = fast_input(plan, family(settings.family), threads=settings.threads, prepare=prepare)
-        return Decoded(item, plan, ready, seconds=time.perf_counter() - t0)
+            stages.update(ready.stages)
+        return Decoded(item, plan, ready, seconds=time.perf_counter() - t0, stages=stages)
     except (VideocapError, MemoryError) as e:
         failed = records.failure(item, settings.mode, "", e)
     except Exception as e:  # noqa: BLE001 - an input FFmpeg or a layout chokes on in a way nobody typed: this

@@ -51,6 +51,7 @@ class FastInput:
     warnings: tuple[str, ...]
     decode_seconds: float  # decoding and laying out (and preparing, when done ahead)
     held: int  # distinct decoded frames held at once
+    stages: tuple[tuple[str, float], ...] = ()  # decode_seconds split: ("frames", s), ("layout", s), ("prepare", s)
 
 
 def fast_input(plan: VideoPlan, family: Family, *, threads: int = 0, prepare=None) -> FastInput:
@@ -60,13 +61,17 @@ def fast_input(plan: VideoPlan, family: Family, *, threads: int = 0, prepare=Non
     with VideoReader(plan.path, allow_partial=plan.allow_partial, threads=threads, device=plan.decode_device) as reader:
         frames = reader.read(plan.timestamps, plan.seek, plan.max_side)
         warnings = (*plan.warnings, *reader.warnings)
+    t1 = time.perf_counter()
     image = family.fast_layout([f.image for f in frames])
     timestamps = tuple(f.timestamp for f in frames)
     held = len({id(f.image) for f in frames})
     del frames
+    t2 = time.perf_counter()
     if prepare is not None:
         image = prepare(image)
-    return FastInput(image, timestamps, tuple(warnings), time.perf_counter() - t0, held)
+    t3 = time.perf_counter()
+    stages = (("frames", t1 - t0), ("layout", t2 - t1), ("prepare", t3 - t2))
+    return FastInput(image, timestamps, tuple(warnings), t3 - t0, held, stages)
 
 
 def fast_task(plan: VideoPlan, family: Family, options: FastOptions, ready: FastInput | None = None) -> TaskGen:
