@@ -63,9 +63,10 @@ def add_batch_command(commands) -> None:
     p.add_argument("--decode-workers", type=_positive_int, default=None, metavar="N",
                    help="decode processes (default: one per CPU core, less one per engine)")
     p.add_argument("--decode-device", default="cpu", metavar="DEVICE",
-                   help="where videos are decoded: cpu (FFmpeg's decoders on the decode workers' cores), cuda (the "
-                   "engines' GPUs' video decoders, NVDEC, the same pixels; each decode worker then holds about 0.4 GB "
-                   "of GPU memory: lower --gpu-memory-fraction if they run short) or cuda:N (default: cpu)")
+                   help="fast mode: where videos are decoded: cpu (FFmpeg's decoders on the decode workers' cores), "
+                   "cuda (the engines' GPUs' video decoders, NVDEC, the same pixels; each decode worker then holds "
+                   "about 0.4 GB of GPU memory: lower --gpu-memory-fraction if they run short; a video the GPU fails "
+                   "on is decoded again on the CPU) or cuda:N (default: cpu)")
     p.add_argument("--prefetch", type=_positive_int, default=None, metavar="N",
                    help="decoded videos that may wait for the engine (default: 2 per decode worker, at least 8)")
     p.add_argument("--gpus", type=_positive_int, default=1, metavar="N",

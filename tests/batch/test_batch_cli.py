@@ -17,6 +17,7 @@ from videocap.cli import main
     (["batch", "CLIPS", "--out", "/proc/no/such/dir/j.jsonl"], "j.jsonl"),
     (["batch", "CLIPS", "--out", "J", "--decode-device", "gpu"], "unknown decode device 'gpu'"),
     (["batch", "CLIPS", "--out", "J", "--decode-device", "cuda", "--ray"], "Ray's decode tasks run on CPU"),
+    (["batch", "CLIPS", "--out", "J", "--decode-device", "cuda", "--mode", "slide"], "is for --mode fast"),
 ])
 def test_bad_input_is_one_line_exit_2_before_the_model_loads(argv, needle, clips, tmp_path, capsys):
     subs = {"MISSING": str(tmp_path / "missing"), "CLIPS": str(clips), "J": str(tmp_path / "j.jsonl")}

@@ -50,3 +50,33 @@ def test_a_dead_worker_is_replaced_and_the_rest_arrive(tmp_path):
     assert pool.died == 1
     assert len(got) == 3 and all(d.error is None for d in got)
     assert {d.item.id for d in got} < {it.id for it in items}
+
+
+def test_a_gpu_decoder_failure_is_redone_on_the_cpu_not_recorded(monkeypatch):
+    """--decode-device cuda: whatever the GPU's attempt raises (its memory taken, a context limit) or damage it
+    meets, the CPU decides; a good video never gets a record calling it broken."""
+    from videocap.batch import decode
+    from videocap.tasks import fast
+    from videocap.tasks.plan import VideoPlan
+
+    calls = []
+
+    def fake(plan, fam, *, threads, prepare):
+        calls.append(plan.decode_device)
+        if plan.decode_device is not None and behaviour == "raise":
+            raise RuntimeError("CUDA_ERROR_OUT_OF_MEMORY")
+        warnings = plan.warnings + (("corrupt frame at 1.000 s",) if plan.decode_device and behaviour == "damage"
+                                    else ())
+        return fast.FastInput("image", (0.0,), warnings, 0.1, 1)
+
+    monkeypatch.setattr(fast, "fast_input", fake)
+    settings = decode.DecodeSettings("fast", "llava_next", device="cuda:0")
+    plan = VideoPlan("a.mp4", (0.0,), warnings=("planned",), decode_device="cuda:0")
+    for behaviour, want in (("raise", "the GPU decoder failed (RuntimeError: CUDA_ERROR_OUT_OF_MEMORY)"),
+                            ("damage", "the GPU decoder met damage"), ("fine", None)):
+        calls.clear()
+        got = decode._fast(plan, None, settings, None)
+        if want is None:
+            assert calls == ["cuda:0"] and got.warnings == ("planned",)
+        else:
+            assert calls == ["cuda:0", None] and got.warnings == ("planned", f"decoded on the CPU: {want}")

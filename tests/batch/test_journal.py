@@ -75,7 +75,7 @@ def test_export_csv_is_path_text_of_the_captioned(tmp_path):
         rows = list(csv.reader(f))
     # c.mp4's caption is of a manifest window (from 2 s): the window travels with it.
     assert rows == [["path", "text", "start", "end"], ["a.mp4", 'A cat, "quoted", sits.', "", ""],
-                    ["c.mp4", "Two\nlines.", "2", ""]]
+                    ["c.mp4", "Two\nlines.", "2.0", ""]]
 
 
 def test_export_csv_without_windows_is_path_text(tmp_path):

@@ -63,6 +63,7 @@ def test_gpu_frames_equal_cpu_frames(tmp_path, width, height, rotation, seek):
     with VideoReader(path, threads=1) as cpu, VideoReader(path, threads=1, device="cuda") as gpu:
         want, got = cpu.read(times, seek), gpu.read(times, seek)
         assert gpu.info.rotation == cpu.info.rotation == rotation
+        assert gpu.gpu_frames > 0 and cpu.gpu_frames == 0  # NVDEC decoded them, not FFmpeg's CPU fallback
     for w, g in zip(want, got):
         assert g.timestamp == w.timestamp
         assert g.image.shape == w.image.shape and np.array_equal(g.image, w.image)
@@ -77,6 +78,7 @@ def test_gpu_downscale_and_full_range_equal_cpu(tmp_path):
         for max_side in (None, 200):
             want, got = cpu.read(times, max_side=max_side), gpu.read(times, max_side=max_side)
             assert all(np.array_equal(w.image, g.image) for w, g in zip(want, got))
+        assert gpu.gpu_frames > 0
 
 
 @needs_nvdec
@@ -93,14 +95,30 @@ def test_fast_input_on_gpu_equals_cpu(tmp_path):
     assert np.array_equal(np.asarray(gpu.image), np.asarray(cpu.image))
 
 
+_TORCH_FIRST = """
+import sys
+import numpy as np
+import torch
+from videocap.video import VideoReader
+
+torch.zeros(1, device="cuda")  # torch makes the primary context active before FFmpeg sees the GPU
+path, seconds = sys.argv[1], float(sys.argv[2])
+times = [seconds * k / 5 for k in range(4)]
+with VideoReader(path, threads=1) as cpu, VideoReader(path, threads=1, device="cuda") as gpu:
+    same = all(np.array_equal(w.image, g.image) for w, g in zip(cpu.read(times), gpu.read(times)))
+    print("same" if same and gpu.gpu_frames > 0 else f"differ ({gpu.gpu_frames} GPU frames)")
+"""
+
+
 @needs_nvdec
 def test_gpu_decoding_in_a_process_where_torch_holds_cuda(tmp_path):
-    """The engine's process (the sliding mode decodes there): torch made the primary context active first."""
-    import torch
+    """The engine's process: torch made the primary context active first (a fresh process, so that no earlier
+    test's decoder holds the context already)."""
+    import subprocess
+    import sys
 
-    torch.zeros(1, device="cuda")
     path = tmp_path / "a.mp4"
     seconds = _clip(path, 320, 180)
-    times = [seconds * k / 5 for k in range(4)]
-    with VideoReader(path, threads=1) as cpu, VideoReader(path, threads=1, device="cuda") as gpu:
-        assert all(np.array_equal(w.image, g.image) for w, g in zip(cpu.read(times), gpu.read(times)))
+    done = subprocess.run([sys.executable, "-c", _TORCH_FIRST, str(path), str(seconds)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr[-2000:]

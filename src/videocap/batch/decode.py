@@ -90,7 +90,7 @@ def decode_item(item: Item, settings: DecodeSettings, prepare=None) -> Decoded:
         stages = {"probe": t_plan - t0, "plan": time.perf_counter() - t_plan}
         ready = None
         if settings.mode == "fast":
-            ready = fast_input(plan, family(settings.family), threads=settings.threads, prepare=prepare)
+            ready = _fast(plan, family(settings.family), settings, prepare)
             stages.update(ready.stages)
         return Decoded(item, plan, ready, seconds=time.perf_counter() - t0, stages=stages)
     except (VideocapError, MemoryError) as e:
@@ -99,6 +99,29 @@ def decode_item(item: Item, settings: DecodeSettings, prepare=None) -> Decoded:
         # video fails, the job goes on (the type names it for a bug report)
         failed = records.failure(item, settings.mode, "", f"{type(e).__name__}: {e}", "error")
     return Decoded(item, error=failed["error"], reason=failed["reason"], seconds=time.perf_counter() - t0)
+
+
+def _fast(plan, fam, settings: DecodeSettings, prepare):
+    """The fast input of `plan`; where a GPU decodes it, the CPU again if the GPU's attempt fails or meets damage.
+
+    A GPU decoder can fail for reasons of its own (its memory taken by the engine, a context limit), and those
+    must not become a record that calls a good video broken; a damaged file fails on the CPU too, and gets its
+    record from there."""
+    from dataclasses import replace as replaced
+
+    from videocap.tasks.fast import fast_input
+
+    if plan.decode_device is None:
+        return fast_input(plan, fam, threads=settings.threads, prepare=prepare)
+    try:
+        ready = fast_input(plan, fam, threads=settings.threads, prepare=prepare)
+        if ready.warnings == plan.warnings:  # no damage met (allow_partial turns damage into warnings)
+            return ready
+        why = "the GPU decoder met damage"
+    except Exception as e:  # noqa: BLE001 - whatever the GPU's attempt raised, the CPU's attempt decides
+        why = f"the GPU decoder failed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+    ready = fast_input(replaced(plan, decode_device=None), fam, threads=settings.threads, prepare=prepare)
+    return replaced(ready, warnings=(*ready.warnings, f"decoded on the CPU: {why}"))
 
 
 def lower_priority() -> None:

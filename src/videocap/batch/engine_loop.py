@@ -124,7 +124,7 @@ class EngineLoop:
             self._emit(records.failure(item, mode, self.name, e))
             return
         tasks.append(maker(decoded.plan, decoded.ready))
-        if decoded.finished_at:
+        if decoded.finished_at and not decoded.queued:  # not again when an out-of-memory retry restarts it
             decoded.queued = max(0.0, time.time() - decoded.finished_at)
         self.inflight[self.count] = decoded
         self.count += 1

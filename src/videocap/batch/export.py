@@ -39,7 +39,7 @@ def export(out: str, kind: str) -> str:
                 for r in captioned:
                     row = [r["path"], r.get("caption", "")]
                     if windows:
-                        row += ["" if r.get(k) is None else f"{r[k]:g}" for k in ("start", "end")]
+                        row += ["" if r.get(k) is None else repr(float(r[k])) for k in ("start", "end")]
                     writer.writerow(row)
         elif kind == "parquet":
             _parquet(records, tmp)

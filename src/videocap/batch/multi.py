@@ -93,7 +93,15 @@ def run(config, todo, emit, stop_event, say, ready_callback) -> list[EngineStats
         left = len(procs) - len(failed)
         say(f"videocap: warning: {why}; going on with {left} engine(s) (the videos it held get no record: rerun "
             "the same command for them)")
-        if started and len(started) + len(failed) == len(procs):
+        maybe_ready()
+
+    announced = False
+
+    def maybe_ready() -> None:
+        """Once every engine has loaded or failed (and one has loaded): the job's clock starts."""
+        nonlocal announced
+        if not announced and started - failed.keys() and len(started | failed.keys()) == len(procs):
+            announced = True
             ready_callback()
 
     try:
@@ -122,8 +130,7 @@ def run(config, todo, emit, stop_event, say, ready_callback) -> list[EngineStats
                                   ready=ready, devices=config.decode_devices)
             elif msg.kind == "ready":
                 started.add(msg.rank)
-                if len(started) + len(failed) == len(procs):
-                    ready_callback()
+                maybe_ready()
             elif msg.kind == "log":
                 say(msg.value)
             elif msg.kind == "done":

@@ -79,8 +79,12 @@ class BatchConfig:
                 raise BatchInputError(f"--shard {i}/{n}: the index must be from 0 to {n - 1}")
         if self.gpus < 1:
             raise BatchInputError(f"--gpus must be at least 1, got {self.gpus}")
-        if parse_device(self.decode_device) is not None and self.ray is not None:
-            raise BatchInputError("--decode-device cuda is for local jobs: Ray's decode tasks run on CPU workers")
+        if parse_device(self.decode_device) is not None:
+            if self.ray is not None:
+                raise BatchInputError("--decode-device cuda is for local jobs: Ray's decode tasks run on CPU workers")
+            if self.task.mode != "fast":
+                raise BatchInputError("--decode-device cuda is for --mode fast: the slide mode decodes its frames "
+                                      "in the engine's process, on the CPU")
         for kind in self.export:
             if kind not in ("parquet", "csv"):
                 raise BatchInputError(f"unknown export format {kind!r} (use parquet or csv)")
@@ -125,11 +129,11 @@ def run_batch(config: BatchConfig, captioner=None, *, log: Callable[[str], None]
         created = not os.path.exists(config.out)
         with journal_mod.Journal(config.out, config.fsync_every, state) as journal:  # an unwritable journal first
             dropped_tail = journal.dropped_tail
-        if captioner is None and config.load is not None:
+        if captioner is None and config.load is not None and config.ray is None:
             from videocap.weights import hub
 
             # A bad --model fails here, before the progress bar, leaving no journal behind; a download happens
-            # once, not in each engine process.
+            # once, not in each engine process. (On Ray the model is the actors' to find, on their nodes.)
             try:
                 hub.resolve(config.load.model, allow_pickle=config.load.allow_pickle, progress=not config.quiet)
             except BaseException:

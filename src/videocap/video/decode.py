@@ -77,6 +77,7 @@ class VideoReader:
         self.device = hardware.parse_device(device)
         hardware.check_device(self.device)
         self._hwaccel = hardware.hwaccel(self.device)
+        self.gpu_frames = 0  # frames converted that the GPU decoded (FFmpeg falls back to the CPU where it must)
         self.allow_partial = allow_partial
         self.threads = threads if threads > 0 else (os.cpu_count() or 1)
         self.warnings: list[str] = []
@@ -262,7 +263,9 @@ class VideoReader:
     def _rgb(self, decoder: Decoder, frame, size: tuple[int, int]) -> np.ndarray:
         w, h = size
         shown = frame  # its metadata (range, rotation, pixel format) is what the stream declares
-        frame = hardware.to_software(frame)
+        if hardware.is_hardware(frame):
+            self.gpu_frames += 1
+            frame = hardware.to_software(frame)
         resize = (w, h) != (frame.width, frame.height)
         options = {}
         if shown.color_range == av.video.reformatter.ColorRange.JPEG:
