@@ -36,7 +36,7 @@ def test_help_explains_inputs_journal_and_scale(capsys):
         main(["batch", "--help"])
     text = capsys.readouterr().out
     for needle in ("--decode-workers", "--gpus", "--shard", "--ray", "--retry-failed", "--export", "manifest",
-                   "resume", "--max-duration"):
+                   "resume", "--max-duration", "--decode-device", "NVDEC"):
         assert needle in text
 
 
