@@ -82,3 +82,28 @@ def test_a_resumed_pooled_run_matches_the_uninterrupted_one(tmp_path, monkeypatc
 def test_a_pool_smaller_than_a_batch_is_refused(tmp_path):
     with pytest.raises(VideocapError, match="--pool must hold at least one batch"):
         TrainSettings(out=str(tmp_path), pool=3, batch_size=4)
+
+
+def test_the_pool_keeps_8_bit_tiles_and_steps_see_the_same_bits(tmp_path):
+    from videocap.train.examples import SyntheticSource
+    from videocap.train.loop import tiny_start
+
+    start = tiny_start(TrainSettings(out=str(tmp_path), **DEBUG))
+    source = SyntheticSource(start.processor)
+    examples, _ = pool.render(source, 4, workers=0, device=torch.device("cpu"), progress=False)
+    with_pixels = [k for k, e in enumerate(examples) if e.pixels is not None]
+    assert with_pixels, "the debug source gave no image examples"
+    for k in with_pixels:
+        assert examples[k].pixels.dtype == torch.uint8  # a quarter of fp32's memory
+        assert torch.equal(pool.from_uint8(examples[k].pixels), source(k).pixels)  # normalised again, bit for bit
+    [batch] = pool.batches(examples, 4, 0, 0, 1)
+    order = pool.order(4, 0, 0).tolist()
+    want = torch.cat([source(k).pixels for k in order if k in with_pixels])
+    assert batch["pixels"].dtype == torch.float32 and torch.equal(batch["pixels"], want)
+
+
+def test_pixels_that_are_not_normalised_8_bit_images_stay_as_they_are():
+    x = torch.randn(2, 3, 8, 8)
+    assert pool.to_uint8(x) is None
+    u = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(pool.to_uint8(pool.from_uint8(u)), u)

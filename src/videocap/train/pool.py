@@ -2,8 +2,9 @@
 
 Streaming (the default) renders every step's examples afresh, so a small model on a fast GPU waits on the CPU
 workers. A pooled run renders examples 0 .. N-1 of its source once, in parallel over the worker processes, keeps
-them in memory on the training device (pixels in bf16 on CUDA, where autocast would cast them to bf16 anyway;
-fp32 on the CPU) and then takes its steps from that pool at the GPU's own pace: epoch e visits the pool in an
+them in memory on the training device (pixels as the 8-bit tiles they were normalised from, normalised again
+bit for bit when a batch is taken: a quarter of fp32's memory; bf16 on CUDA or fp32 on the CPU for any that are
+not exactly that) and then takes its steps from that pool at the GPU's own pace: epoch e visits the pool in an
 order drawn from (seed, e), in batches of `batch_size` (a last partial batch is dropped). Step i's batch is thus a
 function of (N, batch size, seed, i) alone: a resumed pooled run renders the same pool again and continues with
 the batch the uninterrupted run would have taken.
@@ -19,23 +20,48 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from videocap.models.llava_next.anyres import CLIP_MEAN, CLIP_STD, RESCALE
 from videocap.train.data import Examples, collate
 from videocap.train.examples import Example
 
 RENDER_CHUNK = 32  # examples a worker hands back at a time
 
 
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor | None:
+    """The 8-bit image behind normalised pixels (anyres.normalize's output), or None if they are not exactly that.
+
+    Normalisation maps each uint8 value to one float32; undoing it lands within 1e-4 of the integer, and the
+    integer normalised again gives the same bits (checked here, so a pool never changes what a step sees)."""
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    values = (pixels.to(torch.float64) * std + mean) / RESCALE
+    rounded = values.round()
+    if (rounded - values).abs().max() > 1e-3 or rounded.min() < 0 or rounded.max() > 255:
+        return None
+    u = rounded.to(torch.uint8)
+    return u if torch.equal(from_uint8(u), pixels) else None
+
+
+def from_uint8(u: torch.Tensor) -> torch.Tensor:
+    """anyres.normalize's float32 pixels of 8-bit tiles (N, 3, H, W), on their device, bit for bit."""
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=u.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32, device=u.device).view(1, 3, 1, 1)
+    return ((u.to(torch.float64) * RESCALE).to(torch.float32) - mean) / std
+
+
 class _Store:
-    """Collate for the rendering loader: a list of examples, pixels already in the pool's dtype (in the worker)."""
+    """Collate for the rendering loader: a list of examples, pixels already as the pool keeps them (in the worker):
+    the 8-bit tiles where normalisation can be undone exactly (a quarter of fp32's memory, half of bf16's, and no
+    rounding), else in the pool's float dtype."""
 
     def __init__(self, dtype: torch.dtype):
         self.dtype = dtype
 
     def __call__(self, examples: list[Example]) -> list[Example]:
-        if self.dtype != torch.float32:
-            for e in examples:
-                if e.pixels is not None:
-                    e.pixels = e.pixels.to(self.dtype)
+        for e in examples:
+            if e.pixels is not None:
+                u = to_uint8(e.pixels)
+                e.pixels = u if u is not None else e.pixels.to(self.dtype)
         return examples
 
 
@@ -74,7 +100,17 @@ def batches(pool: list[Example], batch_size: int, seed: int, start: int, stop: i
             epoch = step // per_epoch
             perm = order(len(pool), seed, epoch)
         k = step % per_epoch
-        batch = collate([pool[i] for i in perm[k * batch_size : (k + 1) * batch_size].tolist()])
+        chosen = [pool[i] for i in perm[k * batch_size : (k + 1) * batch_size].tolist()]
+        if len({e.pixels.dtype for e in chosen if e.pixels is not None}) > 1:
+            # a mixed pool (some examples could not be stored as 8 bits): normalise before joining
+            chosen = [Example(e.input_ids, e.labels, e.image_mask, _float(e.pixels), e.size) for e in chosen]
+        batch = collate(chosen)
         if batch["pixels"] is not None:
-            batch["pixels"] = batch["pixels"].float()
+            batch["pixels"] = _float(batch["pixels"])
         yield batch
+
+
+def _float(pixels: torch.Tensor | None) -> torch.Tensor | None:
+    if pixels is None:
+        return None
+    return from_uint8(pixels) if pixels.dtype == torch.uint8 else pixels.float()
