@@ -170,3 +170,22 @@ def test_lora_trains_adapters_and_merges(start):
     lora.merge(model)
     assert not lora.has_lora(model) and not torch.equal(model.llm.layers[0].mlp.down_proj.weight, base)
     torch.testing.assert_close(engine_logits(model, e), adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_tiny_hd_gives_each_frame_of_the_grid_more_pixels():
+    """--preset tiny-hd: the same model, pinpoints up to 6x6 tiles: the generator's 16-frame grids are shown at
+    about 1.5x the side (so each frame gets about twice the patches or more), whatever the frame size."""
+    from videocap.models.llava_next.anyres import select_best_resolution
+    from videocap.train.scene import FRAME_SIZES
+    from videocap.train.tiny import PRESETS
+    from videocap.video.layout import grid_size
+
+    tiny, hd = PRESETS["tiny"], PRESETS["tiny-hd"]
+    assert (hd.tile, hd.patch, hd.hidden, hd.layers) == (tiny.tile, tiny.patch, tiny.hidden, tiny.layers)
+    for w, h in FRAME_SIZES:
+        size = grid_size(16, w, h)
+        a, b = select_best_resolution(size, tiny.pinpoints), select_best_resolution(size, hd.pinpoints)
+        assert b[0] * b[1] >= 2 * a[0] * a[1], (w, h, a, b)
+    TrainSettings(out="x", preset="tiny-hd")  # accepted
+    with pytest.raises(VideocapError, match="--preset must be one of tiny, tiny-hd, debug"):
+        TrainSettings(out="x", preset="huge")

@@ -76,8 +76,10 @@ class TrainSettings:
             raise VideocapError("--lr must be positive; --warmup, --workers and --lora-rank at least 0")
         if self.lora_rank and self.init is None:
             raise VideocapError("--lora-rank adapts an existing model: give it with --init MODEL")
-        if self.preset not in ("tiny", "debug"):
-            raise VideocapError(f"--preset must be tiny or debug, got {self.preset!r}")
+        from videocap.train.tiny import PRESETS
+
+        if self.preset not in PRESETS:
+            raise VideocapError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if self.save_dtype not in SAVE_DTYPES:
             raise VideocapError(f"--save-dtype must be one of {', '.join(SAVE_DTYPES)}")
         if self.pool < 0:
