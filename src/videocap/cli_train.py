@@ -72,7 +72,7 @@ def add_train_commands(commands) -> None:
                      help="dtype of model.safetensors (default: bf16)")
     run.add_argument("--preset", choices=["tiny", "tiny-hd", "debug"], default="tiny",
                      help="architecture when training from scratch (default: tiny; tiny-hd: the same model with "
-                     "pinpoints up to 6x6 tiles, so each frame of the grid gets about 4x the patches; debug: a toy "
+                     "pinpoints up to 6x6 tiles, so each frame of the grid gets 2.25x the patches; debug: a toy "
                      "for tests)")
     run.add_argument("--pool", type=_nonnegative_int, default=0, metavar="N",
                      help="render N examples once (in parallel over --workers) and train over them in shuffled "

@@ -44,8 +44,9 @@ TINY = TinyPreset()
 # For tests: the same shapes of everything, a few thousand times cheaper (a 16-frame grid is ~90 image tokens).
 DEBUG = TinyPreset(tile=56, patch=14, vision_hidden=32, vision_layers=1, vision_heads=2, vision_mlp=64, hidden=64,
                    layers=2, heads=2, kv_heads=1, mlp=128, pinpoints=((112, 224), (224, 112), (224, 224)))
-# Each frame of a 16-frame grid at about 165 px instead of about 90 (the generator's objects then span about two
-# patches instead of one): LLaVA-NeXT's own pinpoint shapes in 112 px tiles, up to 6 x 6 tiles, ~2,400 image tokens.
+# Each frame of a 16-frame grid at 1.5x the side (a 192 x 144 frame at ~140 px instead of ~94; the generator's
+# objects then span about 1.5 patches instead of one): LLaVA-NeXT's own pinpoint shapes in 112 px tiles, up to
+# 6 x 6 tiles, ~2,400 image tokens.
 TINY_HD = TinyPreset(pinpoints=((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)))
 PRESETS = {"tiny": TINY, "tiny-hd": TINY_HD, "debug": DEBUG}
 
