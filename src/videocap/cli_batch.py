@@ -4,7 +4,6 @@ are read and checked (inputs listed, prompts parsed) before any model loads."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 BATCH_EPILOG = """\
 input: a directory (searched recursively for video files), a glob ('clips/**/*.mp4', quoted), a text file of
@@ -87,22 +86,14 @@ def add_batch_command(commands) -> None:
 def run_batch_command(args: argparse.Namespace) -> int:
     from videocap.batch import BatchConfig, LoadSpec, run_batch
     from videocap.batch.engine_loop import TaskSpec
-    from videocap.cli_caption import _check
+    from videocap.cli_caption import check_mode_prompts
     from videocap.cli_models import generation_kwargs
     from videocap.errors import VideocapError
-    from videocap.tasks.prompts import Step
     from videocap.video import SeekMode
 
-    if args.mode == "fast":
-        if args.first_prompt is not None or args.summary_prompt is not None:
-            raise VideocapError("--first-prompt and --summary-prompt belong to --mode slide")
-        _check(args.prompt, Step.FAST, "--prompt")
-    else:
-        if args.frames is not None:
-            raise VideocapError("--frames is for --mode fast; the slide mode samples a frame every --seconds S")
-        _check(args.prompt, Step.PAIR, "--prompt")
-        _check(args.first_prompt, Step.FIRST, "--first-prompt")
-        _check(args.summary_prompt, Step.SUMMARY, "--summary-prompt")
+    if args.mode == "slide" and args.frames is not None:
+        raise VideocapError("--frames is for --mode fast; the slide mode samples a frame every --seconds S")
+    check_mode_prompts(args)
     load = LoadSpec(args.model, args.device, args.dtype, args.allow_pickle, args.image_view,
                     args.gpu_memory_fraction, args.eager)
     task = TaskSpec(args.mode, args.instruction, args.prompt, args.first_prompt, args.summary_prompt,

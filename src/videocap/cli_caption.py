@@ -141,12 +141,10 @@ def _add_model_options(p: argparse.ArgumentParser, image: bool) -> None:
     p.set_defaults(max_new_tokens=None)  # the family's default (ShareGPT4Video-8B: 512, as run.py)
 
 
-def run_caption(args: argparse.Namespace) -> int:
+def check_mode_prompts(args: argparse.Namespace) -> None:
+    """The prompt options fit `--mode` and name only placeholders their step fills (`caption` and `batch`)."""
     from videocap.errors import VideocapError
-    from videocap.tasks import captioning
-    from videocap.tasks.plan import DEFAULT_KEYFRAME_MODEL, KeyframeOptions
     from videocap.tasks.prompts import Step
-    from videocap.video import SeekMode
 
     if args.mode == "fast":
         if args.first_prompt is not None or args.summary_prompt is not None:
@@ -156,6 +154,14 @@ def run_caption(args: argparse.Namespace) -> int:
         _check(args.prompt, Step.PAIR, "--prompt")
         _check(args.first_prompt, Step.FIRST, "--first-prompt")
         _check(args.summary_prompt, Step.SUMMARY, "--summary-prompt")
+
+
+def run_caption(args: argparse.Namespace) -> int:
+    from videocap.tasks import captioning
+    from videocap.tasks.plan import DEFAULT_KEYFRAME_MODEL, KeyframeOptions
+    from videocap.video import SeekMode
+
+    check_mode_prompts(args)
     keyframes = KeyframeOptions(args.keyframe_model or DEFAULT_KEYFRAME_MODEL, args.keyframe_threshold,
                                 args.keyframe_interval, args.keyframe_device, None, args.allow_pickle, not args.quiet)
     # Plan every video first: a bad video or window fails before the model loads.

@@ -70,7 +70,6 @@ class Decoded:
 def decode_item(item: Item, settings: DecodeSettings, prepare=None) -> Decoded:
     """`item` planned and (fast) decoded, or the reason it cannot be captioned. Never raises for a bad video."""
     from videocap.tasks.family import family
-    from videocap.tasks.fast import fast_input
     from videocap.tasks.plan import plan_video
     from videocap.video import probe
 
