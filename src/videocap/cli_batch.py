@@ -64,7 +64,7 @@ def add_batch_command(commands) -> None:
     p.add_argument("--decode-device", default="cpu", metavar="DEVICE",
                    help="fast mode: where videos are decoded: cpu (FFmpeg's decoders on the decode workers' cores), "
                    "cuda (the engines' GPUs' video decoders, NVDEC, the same pixels; each decode worker then holds "
-                   "about 0.4 GB of GPU memory: lower --gpu-memory-fraction if they run short; a video the GPU fails "
+                   "a CUDA context on the GPU: lower --gpu-memory-fraction to leave them room; a video the GPU fails "
                    "on is decoded again on the CPU) or cuda:N (default: cpu)")
     p.add_argument("--prefetch", type=_positive_int, default=None, metavar="N",
                    help="decoded videos that may wait for the engine (default: 2 per decode worker, at least 8)")

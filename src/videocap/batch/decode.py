@@ -106,8 +106,6 @@ def _fast(plan, fam, settings: DecodeSettings, prepare):
     A GPU decoder can fail for reasons of its own (its memory taken by the engine, a context limit), and those
     must not become a record that calls a good video broken; a damaged file fails on the CPU too, and gets its
     record from there."""
-    from dataclasses import replace as replaced
-
     from videocap.tasks.fast import fast_input
 
     if plan.decode_device is None:
@@ -119,8 +117,8 @@ def _fast(plan, fam, settings: DecodeSettings, prepare):
         why = "the GPU decoder met damage"
     except Exception as e:  # noqa: BLE001 - whatever the GPU's attempt raised, the CPU's attempt decides
         why = f"the GPU decoder failed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
-    ready = fast_input(replaced(plan, decode_device=None), fam, threads=settings.threads, prepare=prepare)
-    return replaced(ready, warnings=(*ready.warnings, f"decoded on the CPU: {why}"))
+    ready = fast_input(replace(plan, decode_device=None), fam, threads=settings.threads, prepare=prepare)
+    return replace(ready, warnings=(*ready.warnings, f"decoded on the CPU: {why}"))
 
 
 def lower_priority() -> None:

@@ -127,24 +127,22 @@ def run_batch(config: BatchConfig, captioner=None, *, log: Callable[[str], None]
         for device in config.decode_devices or ():
             check_device(device)  # an unusable GPU fails the job before it starts, not every video
         created = not os.path.exists(config.out)
-        with journal_mod.Journal(config.out, config.fsync_every, state) as journal:  # an unwritable journal first
-            dropped_tail = journal.dropped_tail
-        if captioner is None and config.load is not None and config.ray is None:
-            from videocap.weights import hub
-
-            # A bad --model fails here, before the progress bar, leaving no journal behind; a download happens
-            # once, not in each engine process. (On Ray the model is the actors' to find, on their nodes.)
-            try:
-                hub.resolve(config.load.model, allow_pickle=config.load.allow_pickle, progress=not config.quiet)
-            except BaseException:
-                if created and os.path.getsize(config.out) == 0:
-                    os.remove(config.out)
-                raise
-        state = journal_mod.read(config.out) if state.torn_tail else state  # its torn tail is gone
         with journal_mod.Journal(config.out, config.fsync_every, state) as journal, Stopper() as stopper:
+            if captioner is None and config.load is not None and config.ray is None:
+                from videocap.weights import hub
+
+                # A bad --model fails here, before the progress bar, leaving no journal behind; a download
+                # happens once, not in each engine process. (On Ray the model is the actors' to find.)
+                try:
+                    hub.resolve(config.load.model, allow_pickle=config.load.allow_pickle, progress=not config.quiet)
+                except BaseException:
+                    if created:
+                        journal.close()
+                        os.remove(config.out)
+                    raise
             progress = Progress(summary, len(todo), config.quiet)
             say = log or progress.write
-            if dropped_tail:
+            if journal.dropped_tail:
                 say(f"videocap: warning: {config.out}: dropped a record cut short at its end (a crash mid-write)")
 
             def emit(record: dict) -> None:

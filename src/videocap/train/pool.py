@@ -30,7 +30,7 @@ RENDER_CHUNK = 32  # examples a worker hands back at a time
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor | None:
     """The 8-bit image behind normalised pixels (anyres.normalize's output), or None if they are not exactly that.
 
-    Normalisation maps each uint8 value to one float32; undoing it lands within 1e-4 of the integer, and the
+    Normalisation maps each uint8 value to one float32; undoing it lands within 1e-3 of the integer, and the
     integer normalised again gives the same bits (checked here, so a pool never changes what a step sees)."""
     mean = torch.tensor(CLIP_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, dtype=torch.float64).view(1, 3, 1, 1)

@@ -60,8 +60,9 @@ class VideoReader:
     `allow_partial` turns damage into warnings: a truncated file is sampled over its decodable part (the
     timeline is recounted from the packets that are whole), and undecodable packets are skipped.
     `threads` bounds the decoding threads (0: one per core). `device`: "cuda" or "cuda:N" decodes on that GPU's
-    video engines with the CPU decoder's pixels (`hardware`); None or "cpu", FFmpeg's CPU decoders. `info.rotation` is read off the first frame
-    decoded (PyAV shows the display matrix only on frames), so it is final once a frame has been read.
+    video engines with the CPU decoder's pixels (`hardware`); None or "cpu", FFmpeg's CPU decoders.
+    `info.rotation` is read off the first frame decoded (PyAV shows the display matrix only on frames), so it is
+    final once a frame has been read.
     """
 
     def __init__(
