@@ -165,11 +165,11 @@ def decode_all(paths: list[str], settings: DecodeSettings, processor, workers: i
     return out
 
 
-def measure_supply(items: list[Item], settings: DecodeSettings, processor, workers: int) -> dict:
+def measure_supply(items: list[Item], settings: DecodeSettings, processor, workers: int, threads: int = 1) -> dict:
     """The decode pool alone, no engine: how many videos a second the workers can supply (counted from the
-    `workers`-th result on, so that start-up is left out), and where a worker's time per video goes."""
+    `workers * threads`-th result on, so that start-up is left out), and where a worker's time per video goes."""
     pool = DecodePool(items, settings, workers=workers, prefetch=len(items) + 1, prepare=processor.prepare_image,
-                      devices=decode_devices(settings.device, 1, None))
+                      devices=decode_devices(settings.device, 1, None), threads=threads)
     arrivals, seconds, stages = [], [], {}
     try:
         while True:
@@ -184,7 +184,7 @@ def measure_supply(items: list[Item], settings: DecodeSettings, processor, worke
                 stages.setdefault(name, []).append(value)
     finally:
         pool.stop()
-    skip = min(workers, len(arrivals) - 2)
+    skip = min(workers * threads, len(arrivals) - 2)
     span = arrivals[-1] - arrivals[skip]
     return {"videos": len(arrivals), "videos_per_s": (len(arrivals) - 1 - skip) / span if span > 0 else float("nan"),
             "worker_s_per_video": float(np.mean(seconds)),
@@ -215,14 +215,15 @@ def run_predecoded(captioner, blobs: dict[str, bytes], items: list[Item], task: 
 
 
 def run_e2e(captioner, items: list[Item], task: TaskSpec, workers: int, folder: Path, frames: int,
-            seek: SeekMode = SeekMode.EXACT, decode_device: str = "cpu") -> dict:
+            seek: SeekMode = SeekMode.EXACT, decode_device: str = "cpu", threads: int = 1,
+            prefetch: int | None = None) -> dict:
     manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(json.dumps({"id": it.id, "path": it.path}) + "\n" for it in items))
     journal = folder / "captions.jsonl"
     if journal.exists():
         journal.unlink()
     config = BatchConfig(str(manifest), str(journal), task=task, frames=frames, seek=seek, decode_workers=workers,
-                         quiet=True, decode_device=decode_device)
+                         quiet=True, decode_device=decode_device, decode_threads=threads, prefetch=prefetch)
     summary = run_batch(config, captioner)
     records = [json.loads(line) for line in journal.read_text().splitlines()]
     out = summarize(records, len(items), summary.wall_seconds, summary.busy_seconds)
@@ -265,6 +266,10 @@ def main(argv: list[str] | None = None) -> dict:
                     "work is the same either way)")
     ap.add_argument("--decode-device", default="cpu",
                     help="comma-separated: one end-to-end run per decode device, e.g. cpu,cuda (default: cpu)")
+    ap.add_argument("--no-supply", action="store_true", help="skip the decode pool's supply measurement")
+    ap.add_argument("--gpu-layouts", default=None,
+                    help="comma-separated PROCESSESxTHREADS[/PREFETCH] for each GPU decode device, e.g. 15x1,2x8/128 (one "
+                    "supply measurement and one end-to-end run each; default: the decode workers x 1)")
     ap.add_argument("--gpu-memory-fraction", type=float, default=0.9,
                     help="the engine's KV-cache share (the same engine serves every run; leave room for GPU decoders)")
     args = ap.parse_args(argv)
@@ -285,11 +290,25 @@ def main(argv: list[str] | None = None) -> dict:
         "date": str(date.today()), "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "cpus": cores, "cpu_model": platform.processor() or platform.machine(), "python": platform.python_version(),
         "torch": torch.__version__, "tiny": tiny,
+        "mps": "CUDA_MPS_PIPE_DIRECTORY" in os.environ,  # CUDA MPS: the processes' GPU work in one shared context
     }, "inputs": {"clips": clips, "copies": copies, "videos": clips * copies, "seconds": seconds,
                   "size": [width, height], "fps": FPS, "gop": GOP, "new_tokens": new_tokens,
                   "decode_workers": workers, "e2e_seek": args.seek,
                   "gpu_memory_fraction": args.gpu_memory_fraction}}
-    decode_devices = args.decode_device.split(",")
+    def layout(spec: str) -> tuple[int, int, int | None]:
+        shape, _, prefetch = spec.partition("/")
+        procs, threads = (int(v) for v in shape.split("x"))
+        return procs, threads, int(prefetch) if prefetch else None
+
+    layouts = [layout(x) for x in args.gpu_layouts.split(",")] if args.gpu_layouts else [(workers, 1, None)]
+    variants = []  # (name, device, processes, threads per process, prefetch)
+    for d in args.decode_device.split(","):
+        for procs, threads, prefetch in ([(workers, 1, None)] if d == "cpu" else layouts):
+            name = f"--decode-device {d}"  # the variant as `videocap batch` options
+            if (procs, threads) != (workers, 1):
+                name += f" --decode-workers {procs} --decode-threads {threads}"
+            variants.append((name + (f" --prefetch {prefetch}" if prefetch else ""), d, procs, threads, prefetch))
+    res["inputs"]["variants"] = [list(v) for v in variants]
 
     def save() -> None:
         (args.out / "batch_e2e.json").write_text(json.dumps(res, indent=2))
@@ -325,22 +344,25 @@ def main(argv: list[str] | None = None) -> dict:
     del blobs
 
     res["supply"] = {}
-    for decode_device in decode_devices:
-        n = min(len(items), 6 * workers)
-        log(f"decode supply alone: {n} videos, {workers} workers, decoding on {decode_device}")
+    for name, decode_device, procs, threads, _ in [] if args.no_supply else variants:
+        n = min(len(items), 6 * procs * threads)
+        log(f"decode supply alone: {n} videos, {procs} processes x {threads} threads, decoding on {decode_device}")
         supply = measure_supply(items[:n], replace(settings, seek=SeekMode(args.seek),
                                                             device=None if decode_device == "cpu" else decode_device),
-                                captioner.processor, workers)
-        res["supply"][decode_device] = supply
+                                captioner.processor, procs, threads)
+        supply["layout"] = f"{procs} x {threads}"
+        res["supply"][name] = supply
         save()
         log(f"  {supply['videos_per_s']:.2f} videos/s; a worker's seconds per video {supply['worker_s_per_video']:.2f}: "
             + ", ".join(f"{k} {v:.2f}" for k, v in supply["stages_s_per_video"].items()))
     res["e2e_runs"] = {}
-    for decode_device in decode_devices:
-        log(f"end to end: {len(items)} videos, {workers} decode workers, seek {args.seek}, decoding on {decode_device}")
-        run = run_e2e(captioner, items, task, workers, work, 16, SeekMode(args.seek), decode_device)
+    for name, decode_device, procs, threads, prefetch in variants:
+        log(f"end to end: {len(items)} videos, {procs} decode processes x {threads} threads, seek {args.seek}, "
+            f"decoding on {decode_device}, prefetch {prefetch or 'default'}")
+        run = run_e2e(captioner, items, task, procs, work, 16, SeekMode(args.seek), decode_device, threads, prefetch)
         run["over_predecoded"] = run["videos_per_s"] / res["predecoded"]["videos_per_s"]
-        res["e2e_runs"][decode_device] = run
+        run["layout"] = f"{procs} x {threads}"
+        res["e2e_runs"][name] = run
         if "e2e" not in res:
             res["e2e"], res["e2e_over_predecoded"] = run, run["over_predecoded"]
         save()
@@ -353,18 +375,18 @@ def main(argv: list[str] | None = None) -> dict:
 def table(res: dict) -> str:
     p = res["predecoded"]
     rows = [
-        "| run | videos/hour | videos/s | GPU busy | decode workers | of pre-decoded |",
+        "| run | videos/hour | videos/s | GPU busy | decode processes x threads | of pre-decoded |",
         "| --- | --- | --- | --- | --- | --- |",
         f"| engine fed pre-decoded inputs (upper bound) | {p['videos_per_hour']:,.0f} | {p['videos_per_s']:.2f} | "
         f"{p['gpu_busy']:.0%} | — | — |",
     ]
     for device, sup in res.get("supply", {}).items():
-        rows.append(f"| decode workers alone, `--decode-device {device}` (supply) | {sup['videos_per_s'] * 3600:,.0f} | "
-                    f"{sup['videos_per_s']:.2f} | — | {res['inputs']['decode_workers']} | "
+        rows.append(f"| decode workers alone, `{device}` (supply) | {sup['videos_per_s'] * 3600:,.0f} | "
+                    f"{sup['videos_per_s']:.2f} | — | {sup['layout']} | "
                     f"{sup['videos_per_s'] / p['videos_per_s']:.0%} |")
     for device, e in res["e2e_runs"].items():
-        rows.append(f"| `videocap batch` end to end, `--decode-device {device}` | {e['videos_per_hour']:,.0f} | "
-                    f"{e['videos_per_s']:.2f} | {e['gpu_busy']:.0%} | {res['inputs']['decode_workers']} | "
+        rows.append(f"| `videocap batch` end to end, `{device}` | {e['videos_per_hour']:,.0f} | "
+                    f"{e['videos_per_s']:.2f} | {e['gpu_busy']:.0%} | {e['layout']} | "
                     f"{e['over_predecoded']:.0%} |")
     return "\n".join(rows)
 

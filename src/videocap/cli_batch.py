@@ -60,14 +60,21 @@ def add_batch_command(commands) -> None:
     _add_prompt_options(p, slide=True)
     _add_model_options(p, image=True)
     p.add_argument("--decode-workers", type=_positive_int, default=None, metavar="N",
-                   help="decode processes (default: one per CPU core, less one per engine)")
+                   help="decode processes (default: one video in flight per CPU core, less one core per engine: one "
+                   "process per core, or with --decode-device cuda that many videos over processes of "
+                   "--decode-threads each)")
     p.add_argument("--decode-device", default="cpu", metavar="DEVICE",
                    help="fast mode: where videos are decoded: cpu (FFmpeg's decoders on the decode workers' cores), "
                    "cuda (the engines' GPUs' video decoders, NVDEC, the same pixels; each decode worker then holds "
                    "a CUDA context on the GPU: lower --gpu-memory-fraction to leave them room; a video the GPU fails "
-                   "on is decoded again on the CPU) or cuda:N (default: cpu)")
+                   "on is decoded again on the CPU) or cuda:N (default: cpu). Run it under CUDA MPS "
+                   "(nvidia-cuda-mps-control -d): otherwise the decoders' contexts take turns on the GPU with the "
+                   "engine's and slow it")
+    p.add_argument("--decode-threads", type=_positive_int, default=None, metavar="T",
+                   help="videos each decode process decodes at once, in threads (default: 1; 8 with --decode-device "
+                   "cuda, where a few processes of several threads hold fewer CUDA contexts than a process per video)")
     p.add_argument("--prefetch", type=_positive_int, default=None, metavar="N",
-                   help="decoded videos that may wait for the engine (default: 2 per decode worker, at least 8)")
+                   help="decoded videos that may wait for the engine (default: 2 per video in flight, at least 8)")
     p.add_argument("--gpus", type=_positive_int, default=1, metavar="N",
                    help="engine processes, one per GPU (cuda:0..N-1), over one shared queue; with --device cpu, "
                    "N engines on the CPU (default: 1, in this process)")
@@ -102,6 +109,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         args.input, args.out, load, task, args.frames, args.seconds, SeekMode(args.seek), args.max_side,
         args.allow_partial, args.max_duration, args.decode_workers, args.prefetch, args.retry_failed, args.shard,
         args.gpus, args.ray, tuple(dict.fromkeys(args.export)), args.quiet, decode_device=args.decode_device,
+        decode_threads=args.decode_threads,
     )
     summary = run_batch(config)  # a missing input or an unusable journal fails before the model loads
     print(summary.text(), flush=True)

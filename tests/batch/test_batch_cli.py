@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from videocap.cli import main
+from videocap.errors import BatchInputError
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -36,7 +37,7 @@ def test_help_explains_inputs_journal_and_scale(capsys):
         main(["batch", "--help"])
     text = capsys.readouterr().out
     for needle in ("--decode-workers", "--gpus", "--shard", "--ray", "--retry-failed", "--export", "manifest",
-                   "resume", "--max-duration", "--decode-device", "NVDEC"):
+                   "resume", "--max-duration", "--decode-device", "NVDEC", "--decode-threads", "MPS"):
         assert needle in text
 
 
@@ -63,3 +64,20 @@ def test_bad_model_fails_before_the_journal(clips, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no-model" in err[0]
     assert not journal.exists()
+
+
+def test_gpu_decoding_defaults_to_a_few_processes_of_several_threads(monkeypatch):
+    """About one video in flight per core either way; on the GPU in processes of GPU_DECODE_THREADS threads (fewer
+    CUDA contexts), unless --decode-workers / --decode-threads say otherwise."""
+    from videocap.batch import BatchConfig
+    from videocap.batch.decode import GPU_DECODE_THREADS
+
+    monkeypatch.setattr("os.cpu_count", lambda: 17)
+    cpu, gpu = BatchConfig("in", "out"), BatchConfig("in", "out", decode_device="cuda")
+    assert (cpu.workers, cpu.threads) == (16, 1) and cpu.prefetch_size == 32
+    assert (gpu.workers, gpu.threads) == (round(16 / GPU_DECODE_THREADS), GPU_DECODE_THREADS)
+    assert gpu.prefetch_size == 2 * gpu.workers * gpu.threads
+    mine = BatchConfig("in", "out", decode_device="cuda", decode_workers=3, decode_threads=5, prefetch=9)
+    assert (mine.workers, mine.threads, mine.prefetch_size) == (3, 5, 9)
+    with pytest.raises(BatchInputError, match="--decode-threads must be at least 1"):
+        BatchConfig("in", "out", decode_threads=0)

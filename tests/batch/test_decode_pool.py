@@ -9,6 +9,8 @@ import pickle
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from videocap.batch.decode import END, DecodePool, DecodeSettings
 from videocap.batch.inputs import Item
 
@@ -80,3 +82,33 @@ def test_a_gpu_decoder_failure_is_redone_on_the_cpu_not_recorded(monkeypatch):
             assert calls == ["cuda:0"] and got.warnings == ("planned",)
         else:
             assert calls == ["cuda:0", None] and got.warnings == ("planned", f"decoded on the CPU: {want}")
+
+
+def test_threaded_workers_decode_every_video_once(tmp_path):
+    """`threads`: each process decodes several videos at once; every video arrives once, decoded as a one-thread
+    worker decodes it, and the pool still ends with END."""
+    items = []
+    for k in range(7):
+        path = tmp_path / f"v{k}.mp4"
+        shutil.copy(EXAMPLE, path)
+        items.append(Item(f"v{k}", str(path)))
+    settings = DecodeSettings("fast", "llava_next", frames=2)
+
+    def collect(**kw):
+        pool = DecodePool(items, settings, prefetch=2, context=mp.get_context("fork"), **kw)
+        got = {}
+        try:
+            while (blob := pool.ready.get(timeout=60)) != END:
+                decoded = pickle.loads(blob)
+                assert decoded.item.id not in got
+                got[decoded.item.id] = decoded
+        finally:
+            pool.stop()
+        return got
+
+    threaded, single = collect(workers=2, threads=3), collect(workers=1)
+    assert sorted(threaded) == sorted(single) == [f"v{k}" for k in range(7)]
+    for key, decoded in threaded.items():
+        assert decoded.error is None and decoded.stages["cpu"] > 0
+        assert decoded.ready.timestamps == single[key].ready.timestamps
+        assert np.array_equal(np.asarray(decoded.ready.image), np.asarray(single[key].ready.image))

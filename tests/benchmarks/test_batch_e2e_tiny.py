@@ -26,9 +26,9 @@ def test_tiny_dry_run(tmp_path, monkeypatch, capsys):
     assert pre["prompt_tokens"] == e2e["prompt_tokens"]  # the same requests, decoded ahead or not
     assert e2e["decode_s_per_video"] > 0 and e2e["summary"]["decode_workers"] == 2
     assert e2e["worker_s_per_video"] >= e2e["decode_s_per_video"] and e2e["queued_s_per_video"] >= 0
-    supply = res["supply"]["cpu"]
+    supply = res["supply"]["--decode-device cpu"]
     assert supply["videos"] == 6 and supply["videos_per_s"] > 0
-    assert set(supply["stages_s_per_video"]) == {"probe", "plan", "frames", "layout", "prepare"}
+    assert set(supply["stages_s_per_video"]) == {"probe", "plan", "frames", "layout", "prepare", "cpu"}
     assert res["e2e_over_predecoded"] == e2e["videos_per_s"] / pre["videos_per_s"]
     assert "| `videocap batch` end to end, `--decode-device cpu` |" in capsys.readouterr().out
     assert not list((tmp_path / "out").glob("*.mp4")) and (tmp_path / "work" / "captions.jsonl").exists()

@@ -10,7 +10,7 @@ import pytest
 
 from videocap.video import SeekMode, VideoReader
 from videocap.video.encode import write_video
-from videocap.video.hardware import DecodeDeviceError, check_device, parse_device
+from videocap.video.hardware import DecodeDeviceError, check_device, mps_running, parse_device
 
 
 def _cuda_decodes() -> bool:
@@ -30,6 +30,13 @@ def test_devices_parse():
     for bad in ("gpu", "cuda:x", "cuda:", "CUDA"):
         with pytest.raises(DecodeDeviceError, match="unknown decode device"):
             parse_device(bad)
+
+
+def test_mps_is_found_where_its_clients_look(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
+    assert not mps_running()
+    (tmp_path / "control").touch()  # the control daemon's pipe
+    assert mps_running()
 
 
 @pytest.mark.skipif(_cuda_decodes(), reason="this machine decodes on CUDA")

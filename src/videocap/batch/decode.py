@@ -10,7 +10,9 @@ so its workers only probe and plan; its frames are decoded in the engine's proce
 Workers are forked from a fork server (a clean process started once, with videocap's decoding modules imported:
 the parent may hold CUDA and threads, which a plain fork would copy), ignore Ctrl-C (the parent decides), decode
 with one thread each (one process per core scales better than threads within one decoder), and run at a lower
-CPU priority than the engine's process (`WORKER_NICE`).
+CPU priority than the engine's process (`WORKER_NICE`). A worker may take several videos at once in threads
+(`threads`): FFmpeg decodes and converts without holding the GIL, and where the GPU decodes, one process's CUDA
+context then serves them all.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ class Decoded:
     seconds: float = 0.0  # in the worker
     finished_at: float = 0.0  # time.time() when the worker finished it
     queued: float = 0.0  # seconds from then until the engine took it (set by the engine)
-    stages: dict[str, float] | None = None  # `seconds` split: probe (--max-duration), plan, frames, layout, prepare
+    stages: dict[str, float] | None = None  # `seconds` split: probe (--max-duration), plan, frames, layout, prepare;
+    # and cpu: this thread's CPU seconds over them all
 
 
 def decode_item(item: Item, settings: DecodeSettings, prepare=None) -> Decoded:
@@ -73,7 +76,7 @@ def decode_item(item: Item, settings: DecodeSettings, prepare=None) -> Decoded:
     from videocap.tasks.plan import plan_video
     from videocap.video import probe
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     try:
         if settings.max_duration is not None:
             info = probe(item.path, count_frames=False)
@@ -91,6 +94,7 @@ def decode_item(item: Item, settings: DecodeSettings, prepare=None) -> Decoded:
         if settings.mode == "fast":
             ready = _fast(plan, family(settings.family), settings, prepare)
             stages.update(ready.stages)
+        stages["cpu"] = time.thread_time() - c0
         return Decoded(item, plan, ready, seconds=time.perf_counter() - t0, stages=stages)
     except (VideocapError, MemoryError) as e:
         failed = records.failure(item, settings.mode, "", e)
@@ -136,14 +140,30 @@ def lower_priority() -> None:
         pass
 
 
-def _worker(jobs, ready, settings: DecodeSettings, prepare_blob: bytes | None) -> None:
+def _worker(jobs, ready, settings: DecodeSettings, prepare_blob: bytes | None, threads: int = 1) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     lower_priority()
     prepare = pickle.loads(prepare_blob) if prepare_blob is not None else None
-    while True:
-        item = jobs.get()
-        if item is None:
-            return
+    if threads == 1:
+        _serve(jobs, ready, settings, prepare)
+        return
+    # Several videos at once in this process (FFmpeg decodes and converts without the GIL): one GPU context
+    # serves them all. This thread hands the jobs on one at a time, so the process holds no more than it decodes.
+    local: queue.Queue = queue.Queue(maxsize=1)
+    pool = [threading.Thread(target=_serve, args=(local, ready, settings, prepare), daemon=True)
+            for _ in range(threads)]
+    for t in pool:
+        t.start()
+    while (item := jobs.get()) is not None:
+        local.put(item)
+    for _ in pool:
+        local.put(None)
+    for t in pool:
+        t.join()
+
+
+def _serve(jobs, ready, settings: DecodeSettings, prepare) -> None:
+    while (item := jobs.get()) is not None:
         decoded = decode_item(item, settings, prepare)
         decoded.finished_at = time.time()
         ready.put(pickle.dumps(decoded, protocol=pickle.HIGHEST_PROTOCOL))
@@ -159,6 +179,12 @@ def mp_context():
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["videocap.batch.decode", "videocap.batch.engine_loop"])
     return ctx
+
+
+# Videos a decode process decodes at once when a GPU decodes them. Each process holds a CUDA context, and contexts
+# of different processes take turns on the GPU (unless CUDA MPS joins them): a few processes of several threads
+# supplied more than one process per video and slowed the engine less (benchmarks/RESULTS.md, issue 8 runs 6-7).
+GPU_DECODE_THREADS = 8
 
 
 def default_workers(gpus: int = 1) -> int:
@@ -187,12 +213,14 @@ class DecodePool:
     """`workers` decode processes over `items`; `ready` is the queue their results arrive on (pickled `Decoded`s,
     then `END` once per consumer). `prepare`: the processor's `prepare_image` (picklable) or None. `ready`: a queue
     made beforehand (engine processes spawned before the pool hold it). `devices`: the GPUs that decode, dealt to
-    the workers in turn (None: `settings.device` for all)."""
+    the workers in turn (None: `settings.device` for all). `threads`: videos each worker process decodes at once
+    (GPU decoding: fewer processes, so fewer CUDA contexts, for the same number of videos in flight)."""
 
     def __init__(self, items: Iterable[Item], settings: DecodeSettings, *, workers: int, prefetch: int,
-                 consumers: int = 1, prepare=None, context=None, ready=None, devices: Sequence[str] | None = None):
+                 consumers: int = 1, prepare=None, context=None, ready=None, devices: Sequence[str] | None = None,
+                 threads: int = 1):
         ctx = context or mp_context()
-        self.jobs = ctx.Queue(maxsize=2 * workers)
+        self.jobs = ctx.Queue(maxsize=2 * workers * threads)
         self.ready = ready if ready is not None else ctx.Queue(maxsize=max(1, prefetch))
         self.stopping = threading.Event()
         blob = pickle.dumps(prepare) if prepare is not None else None
@@ -201,7 +229,7 @@ class DecodePool:
         os.environ.update(env)  # spawned children read their environment at start
         self.died = 0  # workers that ended with an error (and were replaced)
         each = [replace(settings, device=d) for d in devices] if devices else [settings]
-        self._process = lambda k: ctx.Process(target=_worker, args=(self.jobs, self.ready, each[k % len(each)], blob),
+        self._process = lambda k: ctx.Process(target=_worker, args=(self.jobs, self.ready, each[k % len(each)], blob, threads),
                                               daemon=True, name=f"videocap-decode-{k}")
         try:
             self.procs = [self._process(k) for k in range(workers)]

@@ -127,7 +127,7 @@ def run(config, todo, emit, stop_event, say, ready_callback) -> list[EngineStats
                 pool = DecodePool(todo, config.decode_settings(family), workers=config.workers,
                                   prefetch=config.prefetch_size, consumers=len(procs),
                                   prepare=pickle.loads(blob) if blob is not None else None, context=ctx,
-                                  ready=ready, devices=config.decode_devices)
+                                  ready=ready, devices=config.decode_devices, threads=config.threads)
             elif msg.kind == "ready":
                 started.add(msg.rank)
                 maybe_ready()

@@ -20,13 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from videocap.batch import journal as journal_mod
-from videocap.batch.decode import DecodePool, DecodeSettings, decode_devices, default_workers
+from videocap.batch.decode import GPU_DECODE_THREADS, DecodePool, DecodeSettings, decode_devices, default_workers
 from videocap.batch.engine_loop import EngineLoop, TaskSpec
 from videocap.batch.inputs import Item, read_inputs, shard
 from videocap.batch.progress import Progress, Summary
 from videocap.errors import BatchInputError
 from videocap.video import SeekMode
-from videocap.video.hardware import check_device, parse_device
+from videocap.video.hardware import check_device, mps_running, parse_device
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,8 @@ class BatchConfig:
     quiet: bool = False
     fsync_every: float = 1.0
     decode_device: str | None = None  # None/"cpu", "cuda" (the engines' GPUs) or "cuda:N": where videos decode
+    decode_threads: int | None = None  # videos each decode process decodes at once (default: GPU_DECODE_THREADS
+    # where a GPU decodes, else 1)
 
     def __post_init__(self):
         if self.shard is not None:
@@ -79,6 +81,8 @@ class BatchConfig:
                 raise BatchInputError(f"--shard {i}/{n}: the index must be from 0 to {n - 1}")
         if self.gpus < 1:
             raise BatchInputError(f"--gpus must be at least 1, got {self.gpus}")
+        if self.decode_threads is not None and self.decode_threads < 1:
+            raise BatchInputError(f"--decode-threads must be at least 1, got {self.decode_threads}")
         if parse_device(self.decode_device) is not None:
             if self.ray is not None:
                 raise BatchInputError("--decode-device cuda is for local jobs: Ray's decode tasks run on CPU workers")
@@ -90,12 +94,21 @@ class BatchConfig:
                 raise BatchInputError(f"unknown export format {kind!r} (use parquet or csv)")
 
     @property
+    def threads(self) -> int:
+        if self.decode_threads is not None:
+            return self.decode_threads
+        return GPU_DECODE_THREADS if parse_device(self.decode_device) is not None else 1
+
+    @property
     def workers(self) -> int:
-        return self.decode_workers if self.decode_workers is not None else default_workers(self.gpus)
+        """Decode processes: by default about one video in flight per core (less one core per engine)."""
+        if self.decode_workers is not None:
+            return self.decode_workers
+        return max(1, round(default_workers(self.gpus) / self.threads))
 
     @property
     def prefetch_size(self) -> int:
-        return self.prefetch if self.prefetch is not None else max(8, 2 * self.workers)
+        return self.prefetch if self.prefetch is not None else max(8, 2 * self.workers * self.threads)
 
     @property
     def decode_devices(self) -> tuple[str, ...] | None:
@@ -123,6 +136,7 @@ def run_batch(config: BatchConfig, captioner=None, *, log: Callable[[str], None]
     t0 = time.perf_counter()
     todo, summary, state = plan_job(config)
     summary.decode_workers = config.workers if todo else 0
+    summary.decode_threads = config.threads
     if todo:
         for device in config.decode_devices or ():
             check_device(device)  # an unusable GPU fails the job before it starts, not every video
@@ -144,6 +158,9 @@ def run_batch(config: BatchConfig, captioner=None, *, log: Callable[[str], None]
             say = log or progress.write
             if journal.dropped_tail:
                 say(f"videocap: warning: {config.out}: dropped a record cut short at its end (a crash mid-write)")
+            if config.decode_devices and not mps_running():
+                say("videocap: note: --decode-device cuda without CUDA MPS: the decoders' CUDA contexts take turns "
+                    "with the engine's on the GPU and slow it; start MPS first (nvidia-cuda-mps-control -d)")
 
             def emit(record: dict) -> None:
                 journal.write(record)
@@ -191,7 +208,7 @@ def run_local(config: BatchConfig, todo: list[Item], emit, stop, say, ready, cap
     loop = EngineLoop(captioner, None, config.task, emit, stop, say)  # checks the job's prompts first
     pool = DecodePool(todo, config.decode_settings(family_of(captioner).name), workers=config.workers,
                       prefetch=config.prefetch_size, prepare=picklable_prepare(captioner.processor, say),
-                      devices=config.decode_devices)
+                      devices=config.decode_devices, threads=config.threads)
     loop.ready = pool.ready
     ready()
     try:

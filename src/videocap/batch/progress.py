@@ -25,6 +25,7 @@ class Summary:
     busy_seconds: float = 0.0  # inside engine steps, all engines together
     engines: int = 1
     decode_workers: int = 0
+    decode_threads: int = 1  # videos each decode worker decodes at once
     out_of_memory: int = 0  # times an engine shrank its batch
     exported: list[str] = field(default_factory=list)
 
@@ -53,7 +54,8 @@ class Summary:
         elif self.wall_seconds > 0:
             lines.append(f"{self.videos_per_hour:,.0f} videos/hour over {self.wall_seconds:.1f} s (model load "
                          f"{self.load_seconds:.1f} s); GPU busy {self.gpu_busy:.0%} ({self.engines} engine(s), "
-                         f"{self.decode_workers} decode workers)")
+                         f"{self.decode_workers} decode workers" + (f" x {self.decode_threads} threads" if self.decode_threads > 1
+                                                                    else "") + ")")
         if self.out_of_memory:
             lines.append(f"out of memory {self.out_of_memory} time(s): batches were shrunk and retried")
         if self.interrupted:

@@ -9,11 +9,13 @@ Streams NVDEC cannot decode (4:2:2 H.264, say) fall back to the CPU decoder insi
 
 Each process that decodes this way holds a CUDA context on its device (a few hundred MiB of GPU memory): the
 device's primary context where torch has not made it active in that process (decode workers), else one per
-opened file.
+opened file. Contexts of different processes take turns on the GPU unless CUDA MPS runs (`mps_running`): beside
+a model's engine, decode in few processes, or under MPS.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import lru_cache
 
@@ -86,6 +88,14 @@ def check_device(device: str | None) -> None:
         raise DecodeDeviceError(
             f"cannot decode on {device}: no usable NVIDIA GPU or driver here ({e.strerror or e}); use --decode-device cpu"
         ) from e
+
+
+def mps_running() -> bool:
+    """Whether a CUDA MPS control daemon is listening where this process's CUDA clients would look for it. Under
+    MPS the GPU work of every process runs in one shared context; without it, the contexts of different processes
+    (each decoding process's and the engine's) take turns on the GPU."""
+    pipes = os.environ.get("CUDA_MPS_PIPE_DIRECTORY") or "/tmp/nvidia-mps"
+    return os.path.exists(os.path.join(pipes, "control"))
 
 
 def is_hardware(frame) -> bool:
