@@ -112,3 +112,40 @@ def test_threaded_workers_decode_every_video_once(tmp_path):
         assert decoded.error is None and decoded.stages["cpu"] > 0
         assert decoded.ready.timestamps == single[key].ready.timestamps
         assert np.array_equal(np.asarray(decoded.ready.image), np.asarray(single[key].ready.image))
+
+
+def test_a_lost_gpu_is_left_for_the_next_one_or_the_cpu(tmp_path):
+    """Once a GPU is out of use (its engine failed), its workers decode on the next GPU still in use, else on the
+    CPU; the plan records where each video was decoded."""
+    items = []
+    for k in range(4):
+        path = tmp_path / f"v{k}.mp4"
+        shutil.copy(EXAMPLE, path)
+        items.append(Item(f"v{k}", str(path)))
+    settings = DecodeSettings("fast", "llava_next", frames=2)
+
+    def where(lost):
+        pool = DecodePool(items, settings, workers=2, prefetch=2, context=mp.get_context("fork"),
+                          devices=("cuda:0", "cuda:1"), lost=lost)
+        got = []
+        try:
+            while (blob := pool.ready.get(timeout=60)) != END:
+                got.append(pickle.loads(blob))
+        finally:
+            pool.stop()
+        assert len(got) == 4 and all(d.error is None for d in got)
+        return {(d.plan.decode_device, any("decoded on the CPU" in w for w in d.ready.warnings)) for d in got}
+
+    redone = not _cuda_decodes()  # without a usable cuda:1, its attempt is redone on the CPU, with a warning
+    assert where(["cuda:0"]) == {("cuda:1", redone)}
+    assert where(["cuda:0", "cuda:1"]) == {(None, False)}  # straight to the CPU: no GPU attempt, no warning
+
+
+def _cuda_decodes() -> bool:
+    from videocap.video.hardware import DecodeDeviceError, check_device
+
+    try:
+        check_device("cuda:1")
+        return True
+    except DecodeDeviceError:
+        return False

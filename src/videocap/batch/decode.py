@@ -140,10 +140,13 @@ def lower_priority() -> None:
         pass
 
 
-def _worker(jobs, ready, settings: DecodeSettings, prepare_blob: bytes | None, threads: int = 1) -> None:
+def _worker(jobs, ready, settings: DecodeSettings, prepare_blob: bytes | None, threads: int = 1,
+            devices: Sequence[str] = (), lost=None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     lower_priority()
     prepare = pickle.loads(prepare_blob) if prepare_blob is not None else None
+    if devices and lost is not None and settings.device in devices:
+        settings = _Steered(settings, tuple(devices), lost)
     if threads == 1:
         _serve(jobs, ready, settings, prepare)
         return
@@ -162,9 +165,25 @@ def _worker(jobs, ready, settings: DecodeSettings, prepare_blob: bytes | None, t
         t.join()
 
 
-def _serve(jobs, ready, settings: DecodeSettings, prepare) -> None:
+class _Steered:
+    """A worker's settings that move off its GPU once the pool marks it lost: to the next GPU still in use, else
+    to the CPU."""
+
+    def __init__(self, settings: DecodeSettings, devices: tuple[str, ...], lost):
+        self.settings, self.devices, self.lost = settings, devices, lost
+
+    def __call__(self) -> DecodeSettings:
+        k = self.devices.index(self.settings.device)
+        for device in self.devices[k:] + self.devices[:k]:
+            if not self.lost[self.devices.index(device)]:
+                return replace(self.settings, device=device)
+        return replace(self.settings, device=None)
+
+
+def _serve(jobs, ready, settings, prepare) -> None:
+    """Decode the jobs until None; `settings`: the DecodeSettings, or a `_Steered` giving them for each video."""
     while (item := jobs.get()) is not None:
-        decoded = decode_item(item, settings, prepare)
+        decoded = decode_item(item, settings() if callable(settings) else settings, prepare)
         decoded.finished_at = time.time()
         ready.put(pickle.dumps(decoded, protocol=pickle.HIGHEST_PROTOCOL))
 
@@ -214,11 +233,13 @@ class DecodePool:
     then `END` once per consumer). `prepare`: the processor's `prepare_image` (picklable) or None. `ready`: a queue
     made beforehand (engine processes spawned before the pool hold it). `devices`: the GPUs that decode, dealt to
     the workers in turn (None: `settings.device` for all). `threads`: videos each worker process decodes at once
-    (GPU decoding: fewer processes, so fewer CUDA contexts, for the same number of videos in flight)."""
+    (GPU decoding: fewer processes, so fewer CUDA contexts, for the same number of videos in flight). `lose_device`
+    (or `lost` at the start) takes a GPU out of use, say when its engine failed: its workers move to the next GPU
+    still in use, or to the CPU."""
 
     def __init__(self, items: Iterable[Item], settings: DecodeSettings, *, workers: int, prefetch: int,
                  consumers: int = 1, prepare=None, context=None, ready=None, devices: Sequence[str] | None = None,
-                 threads: int = 1):
+                 threads: int = 1, lost: Iterable[str] = ()):
         ctx = context or mp_context()
         self.jobs = ctx.Queue(maxsize=2 * workers * threads)
         self.ready = ready if ready is not None else ctx.Queue(maxsize=max(1, prefetch))
@@ -229,8 +250,13 @@ class DecodePool:
         os.environ.update(env)  # spawned children read their environment at start
         self.died = 0  # workers that ended with an error (and were replaced)
         each = [replace(settings, device=d) for d in devices] if devices else [settings]
-        self._process = lambda k: ctx.Process(target=_worker, args=(self.jobs, self.ready, each[k % len(each)], blob, threads),
-                                              daemon=True, name=f"videocap-decode-{k}")
+        self.devices = tuple(devices or ())
+        self.lost = ctx.Array("b", len(self.devices)) if self.devices else None  # per device: out of use
+        for device in lost:
+            self.lose_device(device)
+        self._process = lambda k: ctx.Process(
+            target=_worker, args=(self.jobs, self.ready, each[k % len(each)], blob, threads, self.devices, self.lost),
+            daemon=True, name=f"videocap-decode-{k}")
         try:
             self.procs = [self._process(k) for k in range(workers)]
             for p in self.procs:
@@ -244,6 +270,11 @@ class DecodePool:
         self.consumers = consumers
         self.feeder = threading.Thread(target=self._feed, args=(iter(items),), daemon=True, name="decode-feeder")
         self.feeder.start()
+
+    def lose_device(self, device: str) -> None:
+        """Decode no more videos on `device` (videos already on it finish there, or on the CPU if that fails)."""
+        if device in self.devices:
+            self.lost[self.devices.index(device)] = 1
 
     def _feed(self, items) -> None:
         for item in items:

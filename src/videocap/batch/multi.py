@@ -6,8 +6,8 @@ sends its records back on a results queue for the parent to write. The first eng
 processor, which the decode workers need to prepare images, so decoding starts as soon as one model is loaded.
 Engine processes ignore Ctrl-C: the parent sets the shared stop event, and they finish what they run. An engine
 that fails (its model does not load on its GPU, a CUDA error) is reported and the others go on; the videos it held
-get no record, so the next run of the same command captions them. Only when every engine has failed does the job
-fail.
+get no record, so the next run of the same command captions them, and the decode workers stop decoding on its GPU
+(`--decode-device cuda`). Only when every engine has failed does the job fail.
 """
 
 from __future__ import annotations
@@ -76,8 +76,9 @@ def run(config, todo, emit, stop_event, say, ready_callback) -> list[EngineStats
     results = ctx.Queue()
     # The pool's ready queue is made now so that the engines can be handed it at spawn; the pool fills it later.
     ready = ctx.Queue(maxsize=config.prefetch_size)
+    engine_devices = devices(config)
     procs = [ctx.Process(target=_engine_main, args=(rank, dev, config, ready, results, stop), daemon=True,
-                         name=f"videocap-engine-{rank}") for rank, dev in enumerate(devices(config))]
+                         name=f"videocap-engine-{rank}") for rank, dev in enumerate(engine_devices)]
     for p in procs:
         p.start()
     pool = None
@@ -88,6 +89,8 @@ def run(config, todo, emit, stop_event, say, ready_callback) -> list[EngineStats
     def lose(rank: int, why: str) -> None:
         """One engine is gone: the others go on (the videos it held get no record; the next run redoes them)."""
         failed[rank] = why
+        if pool is not None:  # its GPU may be what failed: decode elsewhere from now on
+            pool.lose_device(engine_devices[rank])
         if len(failed) == len(procs):
             raise VideocapError(why if len(procs) == 1 else f"every engine failed; the last: {why}")
         left = len(procs) - len(failed)
@@ -127,7 +130,8 @@ def run(config, todo, emit, stop_event, say, ready_callback) -> list[EngineStats
                 pool = DecodePool(todo, config.decode_settings(family), workers=config.workers,
                                   prefetch=config.prefetch_size, consumers=len(procs),
                                   prepare=pickle.loads(blob) if blob is not None else None, context=ctx,
-                                  ready=ready, devices=config.decode_devices, threads=config.threads)
+                                  ready=ready, devices=config.decode_devices, threads=config.threads,
+                                  lost=[engine_devices[rank] for rank in failed])
             elif msg.kind == "ready":
                 started.add(msg.rank)
                 maybe_ready()
