@@ -1,9 +1,14 @@
-"""End-to-end batch captioning (issue 8) at ShareGPT4Video-8B's real shapes with random bf16 weights: videos/hour
+r"""End-to-end batch captioning (issue 8) at ShareGPT4Video-8B's real shapes with random bf16 weights: videos/hour
 and GPU-busy fraction of `videocap batch`'s pipeline (decode workers → engine → journal), side by side in the same
 run with the same engine fed pre-decoded inputs (the upper bound).
 
     python benchmarks/batch_e2e.py --out DIR [--tiny] [--clips 64] [--copies 8] [--seconds 30]
                                    [--new-tokens 256] [--decode-workers N] [--warmup 16]
+                                   [--decode-device cpu,cuda] [--gpu-layouts 2x8,15x1] [--mps]
+
+The issue's run on a GPU machine (run 8 in RESULTS.md, with MPS then started by hand):
+    python benchmarks/batch_e2e.py --out DIR --decode-device cuda --gpu-layouts 2x8 --no-supply \
+        --gpu-memory-fraction 0.55 --mps
 
 Steps, in one process:
   clips      --clips distinct 1920x1080 H.264 clips of --seconds (libx264 preset fast, CRF 23, yuv420p, 30 fps,
@@ -68,6 +73,28 @@ FPS, GOP, SCENE_S = 30, 60, 2
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')} +{time.perf_counter() - T0:6.1f}s] {msg}", flush=True)
+
+
+def start_mps() -> None:
+    """A CUDA MPS control daemon for this process and its children only (their own pipe folder), quit at exit."""
+    import atexit
+    import shutil
+    import subprocess
+    import tempfile
+
+    if torch.cuda.is_initialized():
+        raise SystemExit("--mps: CUDA is already initialised in this process")
+    control = shutil.which("nvidia-cuda-mps-control")
+    if control is None:
+        raise SystemExit("--mps: nvidia-cuda-mps-control is not on PATH (it comes with the NVIDIA driver)")
+    root = tempfile.mkdtemp(prefix="videocap-mps-")
+    os.environ["CUDA_MPS_PIPE_DIRECTORY"] = os.path.join(root, "pipe")
+    os.environ["CUDA_MPS_LOG_DIRECTORY"] = os.path.join(root, "log")
+    for d in ("pipe", "log"):
+        os.makedirs(os.path.join(root, d))
+    subprocess.run([control, "-d"], check=True)
+    atexit.register(lambda: subprocess.run([control], input=b"quit\n", check=False))
+    log(f"CUDA MPS daemon started (pipes in {os.environ['CUDA_MPS_PIPE_DIRECTORY']})")
 
 
 # ---- clips ------------------------------------------------------------------------------------------------------
@@ -272,7 +299,13 @@ def main(argv: list[str] | None = None) -> dict:
                     "supply measurement and one end-to-end run each; default: the decode workers x 1)")
     ap.add_argument("--gpu-memory-fraction", type=float, default=0.9,
                     help="the engine's KV-cache share (the same engine serves every run; leave room for GPU decoders)")
+    ap.add_argument("--mps", action="store_true",
+                    help="run everything under a CUDA MPS daemon of its own (started before CUDA is touched, with "
+                    "its pipes in a temporary folder, and quit at the end): the GPU work of the engine and of the "
+                    "decoders' processes then shares one context instead of taking turns")
     args = ap.parse_args(argv)
+    if args.mps:
+        start_mps()
     tiny = args.tiny
     clips = args.clips or (3 if tiny else 64)
     copies = args.copies or (2 if tiny else 8)
