@@ -149,3 +149,34 @@ def _cuda_decodes() -> bool:
         return True
     except DecodeDeviceError:
         return False
+
+
+def test_a_thread_that_dies_ends_its_process_and_the_pool_goes_on(tmp_path, monkeypatch):
+    """In a worker of several threads, an exception outside the video's own handling (here: the first call
+    anywhere) ends the whole process, as it would a one-thread worker: the pool replaces it and still ends."""
+    from videocap.batch import decode
+
+    items = []
+    for k in range(5):
+        path = tmp_path / f"v{k}.mp4"
+        shutil.copy(EXAMPLE, path)
+        items.append(Item(f"v{k}", str(path)))
+    marker, real = tmp_path / "raised", decode.decode_item
+
+    def first_raises(item, settings, prepare=None):
+        if not marker.exists():
+            marker.touch()
+            raise RuntimeError("boom")
+        return real(item, settings, prepare)
+
+    monkeypatch.setattr(decode, "decode_item", first_raises)  # the forked workers inherit it
+    pool = DecodePool(items, DecodeSettings("fast", "llava_next", frames=2), workers=1, threads=2, prefetch=2,
+                      context=mp.get_context("fork"))
+    got = []
+    try:
+        while (blob := pool.ready.get(timeout=60)) != END:
+            got.append(pickle.loads(blob))
+    finally:
+        pool.stop()
+    assert pool.died == 1
+    assert 2 <= len(got) <= 4 and all(d.error is None for d in got)  # the dead process's videos in flight are lost

@@ -23,6 +23,7 @@ import queue
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -153,7 +154,7 @@ def _worker(jobs, ready, settings: DecodeSettings, prepare_blob: bytes | None, t
     # Several videos at once in this process (FFmpeg decodes and converts without the GIL): one GPU context
     # serves them all. This thread hands the jobs on one at a time, so the process holds no more than it decodes.
     local: queue.Queue = queue.Queue(maxsize=1)
-    pool = [threading.Thread(target=_serve, args=(local, ready, settings, prepare), daemon=True)
+    pool = [threading.Thread(target=_serve_or_die, args=(local, ready, settings, prepare), daemon=True)
             for _ in range(threads)]
     for t in pool:
         t.start()
@@ -178,6 +179,16 @@ class _Steered:
             if not self.lost[self.devices.index(device)]:
                 return replace(self.settings, device=device)
         return replace(self.settings, device=None)
+
+
+def _serve_or_die(*args) -> None:
+    """`_serve` in one of a worker's threads: whatever kills the thread ends the process, as it would a worker of
+    one thread (the pool replaces it), rather than leaving the others waiting for a thread that is gone."""
+    try:
+        _serve(*args)
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+        os._exit(1)
 
 
 def _serve(jobs, ready, settings, prepare) -> None:
@@ -283,12 +294,16 @@ class DecodePool:
         for _ in self.procs:
             if not self._put(self.jobs, None, respawn=True):
                 return
-        for p in self.procs:  # their last results are in the pipe once they have exited
-            while p.is_alive():
-                p.join(0.2)
-                if self.stopping.is_set():
+        # Until every worker has ended: one that dies now is replaced too, with an end marker of its own (it may
+        # have taken its own already), so that the jobs still queued are decoded rather than stranded.
+        while any(p.is_alive() for p in self.procs) or any(p.exitcode not in (None, 0) for p in self.procs):
+            for _ in range(self._respawn()):
+                if not self._put(self.jobs, None):
                     return
-        for _ in range(self.consumers):
+            time.sleep(0.05)
+            if self.stopping.is_set():
+                return
+        for _ in range(self.consumers):  # the workers' last results are in the pipe once they have exited
             if not self._put(self.ready, END):
                 return
 
@@ -306,12 +321,16 @@ class DecodePool:
                 continue
         return False
 
-    def _respawn(self) -> None:
+    def _respawn(self) -> int:
+        """Replace the workers that died; how many."""
+        replaced = 0
         for k, p in enumerate(self.procs):
             if p.exitcode not in (None, 0):  # killed mid-video: that video gets no record (the next run redoes it)
                 self.died += 1
+                replaced += 1
                 self.procs[k] = self._process(k)
                 self.procs[k].start()
+        return replaced
 
     def stop(self) -> None:
         """Stop feeding and end the workers (what they were decoding is dropped: nothing of it was written)."""
