@@ -66,6 +66,7 @@ from videocap.engine.engine import Engine  # noqa: E402
 from videocap.models.llava_next.processor import LlavaNextProcessor  # noqa: E402
 from videocap.video import SeekMode  # noqa: E402
 from videocap.video.encode import write_video  # noqa: E402
+from videocap.video.hardware import mps_running  # noqa: E402
 
 T0 = time.perf_counter()
 FPS, GOP, SCENE_S = 30, 60, 2
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
         "date": str(date.today()), "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "cpus": cores, "cpu_model": platform.processor() or platform.machine(), "python": platform.python_version(),
         "torch": torch.__version__, "tiny": tiny,
-        "mps": "CUDA_MPS_PIPE_DIRECTORY" in os.environ,  # CUDA MPS: the processes' GPU work in one shared context
+        "mps": mps_running(),  # CUDA MPS: the processes' GPU work in one shared context
     }, "inputs": {"clips": clips, "copies": copies, "videos": clips * copies, "seconds": seconds,
                   "size": [width, height], "fps": FPS, "gop": GOP, "new_tokens": new_tokens,
                   "decode_workers": workers, "e2e_seek": args.seek,
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
     for d in args.decode_device.split(","):
         for procs, threads, prefetch in ([(workers, 1, None)] if d == "cpu" else layouts):
             name = f"--decode-device {d}"  # the variant as `videocap batch` options
-            if (procs, threads) != (workers, 1):
+            if d != "cpu" or (procs, threads) != (workers, 1):
                 name += f" --decode-workers {procs} --decode-threads {threads}"
             variants.append((name + (f" --prefetch {prefetch}" if prefetch else ""), d, procs, threads, prefetch))
     res["inputs"]["variants"] = [list(v) for v in variants]

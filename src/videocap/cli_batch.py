@@ -60,9 +60,9 @@ def add_batch_command(commands) -> None:
     _add_prompt_options(p, slide=True)
     _add_model_options(p, image=True)
     p.add_argument("--decode-workers", type=_positive_int, default=None, metavar="N",
-                   help="decode processes (default: one video in flight per CPU core, less one core per engine: one "
-                   "process per core, or with --decode-device cuda that many videos over processes of "
-                   "--decode-threads each)")
+                   help="decode processes (default: about one video in flight per CPU core, less one core per "
+                   "engine: one process per core, or with --decode-device cuda processes of --decode-threads each, "
+                   "at least one per decoding GPU)")
     p.add_argument("--decode-device", default="cpu", metavar="DEVICE",
                    help="fast mode: where videos are decoded: cpu (FFmpeg's decoders on the decode workers' cores), "
                    "cuda (the engines' GPUs' video decoders, NVDEC, the same pixels; each decode worker then holds "
@@ -72,7 +72,8 @@ def add_batch_command(commands) -> None:
                    "engine's and slow it")
     p.add_argument("--decode-threads", type=_positive_int, default=None, metavar="T",
                    help="videos each decode process decodes at once, in threads (default: 1; 8 with --decode-device "
-                   "cuda, where a few processes of several threads hold fewer CUDA contexts than a process per video)")
+                   "cuda unless --decode-workers is given: a few processes of several threads hold fewer CUDA "
+                   "contexts than a process per video)")
     p.add_argument("--prefetch", type=_positive_int, default=None, metavar="N",
                    help="decoded videos that may wait for the engine (default: 2 per video in flight, at least 8)")
     p.add_argument("--gpus", type=_positive_int, default=1, metavar="N",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from videocap.cli import main
@@ -75,9 +77,15 @@ def test_gpu_decoding_defaults_to_a_few_processes_of_several_threads(monkeypatch
     monkeypatch.setattr("os.cpu_count", lambda: 17)
     cpu, gpu = BatchConfig("in", "out"), BatchConfig("in", "out", decode_device="cuda")
     assert (cpu.workers, cpu.threads) == (16, 1) and cpu.prefetch_size == 32
-    assert (gpu.workers, gpu.threads) == (round(16 / GPU_DECODE_THREADS), GPU_DECODE_THREADS)
+    assert (gpu.workers, gpu.threads) == (math.ceil(16 / GPU_DECODE_THREADS), GPU_DECODE_THREADS)
     assert gpu.prefetch_size == 2 * gpu.workers * gpu.threads
+    four = BatchConfig("in", "out", decode_device="cuda", gpus=4)  # a decode process on each engine's GPU
+    assert four.decode_devices == ("cuda:0", "cuda:1", "cuda:2", "cuda:3") and four.workers == 4
     mine = BatchConfig("in", "out", decode_device="cuda", decode_workers=3, decode_threads=5, prefetch=9)
     assert (mine.workers, mine.threads, mine.prefetch_size) == (3, 5, 9)
+    processes = BatchConfig("in", "out", decode_device="cuda", decode_workers=15)  # as before --decode-threads
+    assert (processes.workers, processes.threads) == (15, 1)
     with pytest.raises(BatchInputError, match="--decode-threads must be at least 1"):
         BatchConfig("in", "out", decode_threads=0)
+    with pytest.raises(BatchInputError, match="--decode-threads is for local jobs"):
+        BatchConfig("in", "out", decode_threads=4, ray="")

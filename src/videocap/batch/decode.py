@@ -1,9 +1,9 @@
 """Decode workers: processes that probe, plan, decode and lay out videos ahead of the engine.
 
-Each worker takes items from a bounded job queue, turns each into a `Decoded` (the plan and, for the fast mode,
+Each worker is handed items over a pipe of its own, turns each into a `Decoded` (the plan and, for the fast mode,
 the layout image already prepared by the family's processor — pixels ready for the engine; or an error record's
-reason) and puts it, pickled, on a bounded ready queue. A full ready queue blocks the workers: that is the
-prefetch bound, and it caps the memory decoded videos hold. The engine side never decodes in the fast mode.
+reason) and sends it back pickled; the pool's relay thread moves it to a bounded ready queue. A full ready queue
+stops the relay, and so the workers: that is the prefetch bound, and it caps the memory decoded videos hold. The engine side never decodes in the fast mode.
 The sliding mode decodes its frames as its steps need them (two at a time, conditioned on the captions before),
 so its workers only probe and plan; its frames are decoded in the engine's process.
 
@@ -141,29 +141,42 @@ def lower_priority() -> None:
         pass
 
 
-def _worker(jobs, ready, settings: DecodeSettings, prepare_blob: bytes | None, threads: int = 1,
+def _worker(conn, settings: DecodeSettings, prepare_blob: bytes | None, threads: int = 1,
             devices: Sequence[str] = (), lost=None) -> None:
+    """A decode process: jobs arrive on `conn` (an Item, or None: finish and end), results go back on it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     lower_priority()
     prepare = pickle.loads(prepare_blob) if prepare_blob is not None else None
     if devices and lost is not None and settings.device in devices:
         settings = _Steered(settings, tuple(devices), lost)
-    if threads == 1:
-        _serve(jobs, ready, settings, prepare)
+    sending = threading.Lock()
+
+    def serve(item: Item) -> None:
+        decoded = decode_item(item, settings() if callable(settings) else settings, prepare)
+        decoded.finished_at = time.time()
+        data = pickle.dumps(decoded, protocol=pickle.HIGHEST_PROTOCOL)
+        with sending:
+            conn.send_bytes(data)
+
+    try:
+        if threads == 1:
+            while (item := conn.recv()) is not None:
+                serve(item)
+            return
+        # Several videos at once in this process (FFmpeg decodes and converts without the GIL): one GPU context
+        # serves them all. The parent sends no more jobs than there are threads.
+        local: queue.Queue = queue.Queue()
+        pool = [threading.Thread(target=_serve_or_die, args=(local, serve), daemon=True) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        while (item := conn.recv()) is not None:
+            local.put(item)
+        for _ in pool:
+            local.put(None)
+        for t in pool:
+            t.join()
+    except EOFError:  # the parent is gone
         return
-    # Several videos at once in this process (FFmpeg decodes and converts without the GIL): one GPU context
-    # serves them all. This thread hands the jobs on one at a time, so the process holds no more than it decodes.
-    local: queue.Queue = queue.Queue(maxsize=1)
-    pool = [threading.Thread(target=_serve_or_die, args=(local, ready, settings, prepare), daemon=True)
-            for _ in range(threads)]
-    for t in pool:
-        t.start()
-    while (item := jobs.get()) is not None:
-        local.put(item)
-    for _ in pool:
-        local.put(None)
-    for t in pool:
-        t.join()
 
 
 class _Steered:
@@ -181,22 +194,15 @@ class _Steered:
         return replace(self.settings, device=None)
 
 
-def _serve_or_die(*args) -> None:
-    """`_serve` in one of a worker's threads: whatever kills the thread ends the process, as it would a worker of
-    one thread (the pool replaces it), rather than leaving the others waiting for a thread that is gone."""
+def _serve_or_die(jobs: queue.Queue, serve) -> None:
+    """One of a worker's threads: `serve` each job until None. Whatever kills the thread ends the process, as it
+    would a worker of one thread (the pool replaces it), rather than leaving a process short of a thread."""
     try:
-        _serve(*args)
+        while (item := jobs.get()) is not None:
+            serve(item)
     except BaseException:  # noqa: BLE001
         traceback.print_exc()
         os._exit(1)
-
-
-def _serve(jobs, ready, settings, prepare) -> None:
-    """Decode the jobs until None; `settings`: the DecodeSettings, or a `_Steered` giving them for each video."""
-    while (item := jobs.get()) is not None:
-        decoded = decode_item(item, settings() if callable(settings) else settings, prepare)
-        decoded.finished_at = time.time()
-        ready.put(pickle.dumps(decoded, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def mp_context():
@@ -239,6 +245,16 @@ def decode_devices(decode_device: str | None, gpus: int, engine_device: str | No
     return ("cuda:0",)
 
 
+@dataclass
+class _Slot:
+    """One decode process, its end of the pipe to it, and the jobs it holds."""
+
+    proc: object
+    conn: object
+    held: int = 0  # jobs sent, results not yet back
+    ending: bool = False  # told to finish (None sent)
+
+
 class DecodePool:
     """`workers` decode processes over `items`; `ready` is the queue their results arrive on (pickled `Decoded`s,
     then `END` once per consumer). `prepare`: the processor's `prepare_image` (picklable) or None. `ready`: a queue
@@ -246,74 +262,125 @@ class DecodePool:
     the workers in turn (None: `settings.device` for all). `threads`: videos each worker process decodes at once
     (GPU decoding: fewer processes, so fewer CUDA contexts, for the same number of videos in flight). `lose_device`
     (or `lost` at the start) takes a GPU out of use, say when its engine failed: its workers move to the next GPU
-    still in use, or to the CPU."""
+    still in use, or to the CPU.
+
+    Each worker has a pipe of its own to this process, where one thread (the relay) deals out jobs and moves
+    results to `ready`: a worker that dies, whatever it was doing, leaves no shared lock taken and strands no job
+    but its own. It is replaced; the videos it held get no record (the next run of the job redoes them)."""
 
     def __init__(self, items: Iterable[Item], settings: DecodeSettings, *, workers: int, prefetch: int,
                  consumers: int = 1, prepare=None, context=None, ready=None, devices: Sequence[str] | None = None,
                  threads: int = 1, lost: Iterable[str] = ()):
-        ctx = context or mp_context()
-        self.jobs = ctx.Queue(maxsize=2 * workers * threads)
+        self.ctx = ctx = context or mp_context()
         self.ready = ready if ready is not None else ctx.Queue(maxsize=max(1, prefetch))
         self.stopping = threading.Event()
+        self.died = 0  # workers that ended with an error
+        self.threads, self.consumers = threads, consumers
+        self.hold = threads  # jobs a worker holds: one a thread (a worker that dies loses no job waiting in it)
         blob = pickle.dumps(prepare) if prepare is not None else None
-        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # spawned children read their environment at start
-        self.died = 0  # workers that ended with an error (and were replaced)
         each = [replace(settings, device=d) for d in devices] if devices else [settings]
         self.devices = tuple(devices or ())
         self.lost = ctx.Array("b", len(self.devices)) if self.devices else None  # per device: out of use
         for device in lost:
             self.lose_device(device)
-        self._process = lambda k: ctx.Process(
-            target=_worker, args=(self.jobs, self.ready, each[k % len(each)], blob, threads, self.devices, self.lost),
-            daemon=True, name=f"videocap-decode-{k}")
+        self._args = lambda k: (each[k % len(each)], blob, threads, self.devices, self.lost)
+        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # spawned children read their environment at start
         try:
-            self.procs = [self._process(k) for k in range(workers)]
-            for p in self.procs:
-                p.start()
+            self.slots = [self._start(k) for k in range(workers)]
         finally:
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        self.consumers = consumers
-        self.feeder = threading.Thread(target=self._feed, args=(iter(items),), daemon=True, name="decode-feeder")
-        self.feeder.start()
+        self.relay = threading.Thread(target=self._relay, args=(iter(items),), daemon=True, name="decode-relay")
+        self.relay.start()
+
+    def _start(self, k: int) -> _Slot:
+        mine, theirs = self.ctx.Pipe(duplex=True)
+        proc = self.ctx.Process(target=_worker, args=(theirs, *self._args(k)), daemon=True, name=f"videocap-decode-{k}")
+        proc.start()
+        theirs.close()
+        return _Slot(proc, mine)
 
     def lose_device(self, device: str) -> None:
         """Decode no more videos on `device` (videos already on it finish there, or on the CPU if that fails)."""
         if device in self.devices:
             self.lost[self.devices.index(device)] = 1
 
-    def _feed(self, items) -> None:
-        for item in items:
-            if not self._put(self.jobs, item, respawn=True):
-                return
-        for _ in self.procs:
-            if not self._put(self.jobs, None, respawn=True):
-                return
-        # Until every worker has ended: one that dies now is replaced too, with an end marker of its own (it may
-        # have taken its own already), so that the jobs still queued are decoded rather than stranded.
-        while any(p.is_alive() for p in self.procs) or any(p.exitcode not in (None, 0) for p in self.procs):
-            for _ in range(self._respawn()):
-                if not self._put(self.jobs, None):
+    def _relay(self, items) -> None:
+        from multiprocessing.connection import wait
+
+        pending = None  # the next job, taken from `items` but not yet sent
+        exhausted = False
+        while not self.stopping.is_set():
+            for slot in self.slots:
+                if slot is None or slot.ending:
+                    continue
+                while slot.held < self.hold:
+                    if pending is None and not exhausted:
+                        pending = next(items, None)
+                        exhausted = pending is None
+                    if pending is None:
+                        break
+                    if not self._send(slot, pending):
+                        break
+                    pending, slot.held = None, slot.held + 1
+                if exhausted and pending is None and not slot.ending:
+                    slot.ending = self._send(slot, None)
+            live = [s for s in self.slots if s is not None]
+            if not live:
+                break
+            ready = wait([s.conn for s in live] + [s.proc.sentinel for s in live], timeout=0.2)
+            for k, slot in enumerate(self.slots):
+                if slot is None:
+                    continue
+                if slot.conn in ready and not self._receive(slot):
                     return
-            time.sleep(0.05)
-            if self.stopping.is_set():
-                return
-        for _ in range(self.consumers):  # the workers' last results are in the pipe once they have exited
+                if slot.proc.sentinel in ready or slot.conn.closed:
+                    self.slots[k] = self._ended(k, slot, exhausted and pending is None)
+        else:
+            return
+        for _ in range(self.consumers):  # every worker has ended and every result is on `ready`
             if not self._put(self.ready, END):
                 return
 
-    def _put(self, q, value, respawn: bool = False) -> bool:
-        """Put `value` on `q`, waiting while it is full; False when the pool stops first. `respawn`: replace the
-        workers that died meanwhile (a decoder that crashed the process on some input), or a job whose workers
-        all died would wait forever on a full job queue."""
+    def _send(self, slot: _Slot, job) -> bool:
+        try:
+            slot.conn.send(job)
+            return True
+        except OSError:  # the worker is gone: its end is handled once its process has exited
+            return False
+
+    def _receive(self, slot: _Slot) -> bool:
+        """Move the result waiting on `slot`'s pipe to `ready`; False if the pool stopped meanwhile."""
+        try:
+            blob = slot.conn.recv_bytes()
+        except (EOFError, OSError):  # the worker ended (or died mid-message: that result is lost with it)
+            slot.conn.close()
+            return True
+        slot.held -= 1
+        return self._put(self.ready, blob)
+
+    def _ended(self, k: int, slot: _Slot, done: bool) -> _Slot | None:
+        """`slot`'s worker has ended or its pipe closed: collect what it sent, then replace it if it died with jobs
+        still to come; None once it is finished."""
+        while not slot.conn.closed and slot.conn.poll():
+            if not self._receive(slot):
+                break
+        slot.proc.join(5)
+        if not slot.conn.closed:
+            slot.conn.close()
+        if slot.proc.exitcode == 0 and slot.ending:
+            return None
+        self.died += 1  # killed mid-video (a decoder that crashed the process): what it held gets no record
+        return None if done else self._start(k)
+
+    def _put(self, q, value) -> bool:
+        """Put `value` on `q`, waiting while it is full; False when the pool stops first."""
         while not self.stopping.is_set():
-            if respawn:
-                self._respawn()
             try:
                 q.put(value, timeout=0.2)
                 return True
@@ -321,26 +388,16 @@ class DecodePool:
                 continue
         return False
 
-    def _respawn(self) -> int:
-        """Replace the workers that died; how many."""
-        replaced = 0
-        for k, p in enumerate(self.procs):
-            if p.exitcode not in (None, 0):  # killed mid-video: that video gets no record (the next run redoes it)
-                self.died += 1
-                replaced += 1
-                self.procs[k] = self._process(k)
-                self.procs[k].start()
-        return replaced
-
     def stop(self) -> None:
-        """Stop feeding and end the workers (what they were decoding is dropped: nothing of it was written)."""
+        """Stop dealing jobs and end the workers (what they were decoding is dropped: nothing of it was written)."""
         self.stopping.set()
-        self.feeder.join(5)  # first: it replaces dead workers, and must not replace those ended here
-        for p in self.procs:
-            if p.is_alive():
-                p.terminate()
-        for p in self.procs:
-            p.join(5)
-        for q in (self.jobs, self.ready):
-            q.cancel_join_thread()
-            q.close()
+        self.relay.join(5)
+        slots = [s for s in self.slots if s is not None]
+        for slot in slots:
+            if slot.proc.is_alive():
+                slot.proc.terminate()
+        for slot in slots:
+            slot.proc.join(5)
+            slot.conn.close()
+        self.ready.cancel_join_thread()
+        self.ready.close()

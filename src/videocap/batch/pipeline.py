@@ -10,6 +10,7 @@ the next run. Either way every record written is whole, and rerunning the comman
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import signal
@@ -83,6 +84,8 @@ class BatchConfig:
             raise BatchInputError(f"--gpus must be at least 1, got {self.gpus}")
         if self.decode_threads is not None and self.decode_threads < 1:
             raise BatchInputError(f"--decode-threads must be at least 1, got {self.decode_threads}")
+        if self.ray is not None and self.decode_threads not in (None, 1):
+            raise BatchInputError("--decode-threads is for local jobs: on Ray each decode task decodes one video")
         if parse_device(self.decode_device) is not None:
             if self.ray is not None:
                 raise BatchInputError("--decode-device cuda is for local jobs: Ray's decode tasks run on CPU workers")
@@ -95,16 +98,20 @@ class BatchConfig:
 
     @property
     def threads(self) -> int:
+        """Videos each decode process decodes at once: by default GPU_DECODE_THREADS where a GPU decodes (unless
+        --decode-workers alone sets the processes), else 1."""
         if self.decode_threads is not None:
             return self.decode_threads
-        return GPU_DECODE_THREADS if parse_device(self.decode_device) is not None else 1
+        gpu = parse_device(self.decode_device) is not None
+        return GPU_DECODE_THREADS if gpu and self.decode_workers is None else 1
 
     @property
     def workers(self) -> int:
-        """Decode processes: by default about one video in flight per core (less one core per engine)."""
+        """Decode processes: by default about one video in flight per core (less one core per engine), and at least
+        one on each GPU that decodes."""
         if self.decode_workers is not None:
             return self.decode_workers
-        return max(1, round(default_workers(self.gpus) / self.threads))
+        return max(len(self.decode_devices or ()), math.ceil(default_workers(self.gpus) / self.threads), 1)
 
     @property
     def prefetch_size(self) -> int:
@@ -159,8 +166,8 @@ def run_batch(config: BatchConfig, captioner=None, *, log: Callable[[str], None]
             if journal.dropped_tail:
                 say(f"videocap: warning: {config.out}: dropped a record cut short at its end (a crash mid-write)")
             if config.decode_devices and not mps_running():
-                say("videocap: note: --decode-device cuda without CUDA MPS: the decoders' CUDA contexts take turns "
-                    "with the engine's on the GPU and slow it; start MPS first (nvidia-cuda-mps-control -d)")
+                say("videocap: note: --decode-device cuda without CUDA MPS: the decode processes' CUDA contexts take "
+                    "turns on the GPU with the model's and slow it; start MPS first (nvidia-cuda-mps-control -d)")
 
             def emit(record: dict) -> None:
                 journal.write(record)
