@@ -257,8 +257,9 @@ class _Slot:
 
 class DecodePool:
     """`workers` decode processes over `items`; `ready` is the queue their results arrive on (pickled `Decoded`s,
-    then `END` once per consumer). `prepare`: the processor's `prepare_image` (picklable) or None. `ready`: a queue
-    made beforehand (engine processes spawned before the pool hold it). `devices`: the GPUs that decode, dealt to
+    then `END` once per consumer). `prepare`: the processor's `prepare_image` (picklable) or None. `ready`: a
+    multiprocessing queue made beforehand (engine processes spawned before the pool hold it); by default a queue
+    for this process. `devices`: the GPUs that decode, dealt to
     the workers in turn (None: `settings.device` for all). `threads`: videos each worker process decodes at once
     (GPU decoding: fewer processes, so fewer CUDA contexts, for the same number of videos in flight). `lose_device`
     (or `lost` at the start) takes a GPU out of use, say when its engine failed: its workers move to the next GPU
@@ -272,7 +273,8 @@ class DecodePool:
                  consumers: int = 1, prepare=None, context=None, ready=None, devices: Sequence[str] | None = None,
                  threads: int = 1, lost: Iterable[str] = ()):
         self.ctx = ctx = context or mp_context()
-        self.ready = ready if ready is not None else ctx.Queue(maxsize=max(1, prefetch))
+        # Results for this process (the one local engine) need no second trip through a pipe.
+        self.ready = ready if ready is not None else queue.Queue(maxsize=max(1, prefetch))
         self.stopping = threading.Event()
         self.died = 0  # workers that ended with an error
         self.threads, self.consumers = threads, consumers
@@ -399,5 +401,6 @@ class DecodePool:
         for slot in slots:
             slot.proc.join(5)
             slot.conn.close()
-        self.ready.cancel_join_thread()
-        self.ready.close()
+        if hasattr(self.ready, "cancel_join_thread"):  # a multiprocessing queue, shared with engine processes
+            self.ready.cancel_join_thread()
+            self.ready.close()
