@@ -190,9 +190,14 @@ class CrashOnNth:
         self.counter, self.n = counter, n
 
     def __call__(self, image):
+        import fcntl
+
         with open(self.counter, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # one count at a time across the processes' threads
             f.write(".")
-        if os.path.getsize(self.counter) == self.n:
+            f.flush()
+            count = os.path.getsize(self.counter)
+        if count == self.n:
             os._exit(3)
         return image
 
@@ -218,5 +223,42 @@ def test_a_worker_of_several_threads_that_dies_mid_job_does_not_hang_the_pool(tm
                 got.append(pickle.loads(blob).item.id)
         finally:
             pool.stop()
-        assert pool.died == 1
+        assert pool.exit_codes == [3]
         assert len(set(got)) == len(got) and len(items) - 3 <= len(got) < len(items)  # at most its 3 threads' videos
+
+
+class AlwaysCrash:
+    def __call__(self, image):
+        os._exit(3)
+
+
+def _drain(pool) -> list:
+    got = []
+    try:
+        while (blob := pool.ready.get(timeout=60)) != END:
+            got.append(pickle.loads(blob))
+    finally:
+        pool.stop()
+    return got
+
+
+def test_workers_that_always_die_stop_the_pool_not_swallow_the_job(tmp_path, capsys):
+    """Workers that die before finishing anything (every process failing the same way) are not replaced for ever,
+    each swallowing its jobs: after a few deaths in a row the pool stops dealing and ends, saying why."""
+    items = [Item(f"v{k}", str(EXAMPLE)) for k in range(40)]
+    pool = DecodePool(items, DecodeSettings("fast", "llava_next", frames=2), workers=2, prefetch=2,
+                      prepare=AlwaysCrash(), context=mp.get_context("fork"))
+    assert _drain(pool) == []
+    assert 6 <= pool.died < 40
+    assert "decode workers died 6 times in a row without finishing a video" in capsys.readouterr().err
+
+
+def test_a_relay_failure_still_ends_the_consumers(capsys):
+    def items():
+        yield Item("v0", str(EXAMPLE))
+        raise RuntimeError("the input list broke")
+
+    pool = DecodePool(items(), DecodeSettings("fast", "llava_next", frames=2), workers=1, prefetch=2,
+                      context=mp.get_context("fork"))
+    assert len(_drain(pool)) <= 1  # and END came
+    assert "the decode pool's relay failed" in capsys.readouterr().err

@@ -17,15 +17,18 @@ context then serves them all.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from multiprocessing.connection import wait
 
 from videocap.batch import records
 from videocap.batch.inputs import Item
@@ -150,6 +153,17 @@ def _worker(conn, settings: DecodeSettings, prepare_blob: bytes | None, threads:
     if devices and lost is not None and settings.device in devices:
         settings = _Steered(settings, tuple(devices), lost)
     sending = threading.Lock()
+    parent = multiprocessing.parent_process()
+
+    def receive():
+        """The next job; EOFError once the job's process is gone (a forked worker holds the parent's end of its own
+        pipe too, so the pipe alone would not tell)."""
+        if parent is not None:
+            while not wait([conn, parent.sentinel]):
+                pass
+            if not conn.poll():
+                raise EOFError
+        return conn.recv()
 
     def serve(item: Item) -> None:
         decoded = decode_item(item, settings() if callable(settings) else settings, prepare)
@@ -160,7 +174,7 @@ def _worker(conn, settings: DecodeSettings, prepare_blob: bytes | None, threads:
 
     try:
         if threads == 1:
-            while (item := conn.recv()) is not None:
+            while (item := receive()) is not None:
                 serve(item)
             return
         # Several videos at once in this process (FFmpeg decodes and converts without the GIL): one GPU context
@@ -169,7 +183,7 @@ def _worker(conn, settings: DecodeSettings, prepare_blob: bytes | None, threads:
         pool = [threading.Thread(target=_serve_or_die, args=(local, serve), daemon=True) for _ in range(threads)]
         for t in pool:
             t.start()
-        while (item := conn.recv()) is not None:
+        while (item := receive()) is not None:
             local.put(item)
         for _ in pool:
             local.put(None)
@@ -277,6 +291,7 @@ class DecodePool:
         self.ready = ready if ready is not None else queue.Queue(maxsize=max(1, prefetch))
         self.stopping = threading.Event()
         self.died = 0  # workers that ended with an error
+        self.exit_codes: list[int | None] = []  # theirs
         self.threads, self.consumers = threads, consumers
         self.hold = threads  # jobs a worker holds: one a thread (a worker that dies loses no job waiting in it)
         blob = pickle.dumps(prepare) if prepare is not None else None
@@ -286,24 +301,26 @@ class DecodePool:
         for device in lost:
             self.lose_device(device)
         self._args = lambda k: (each[k % len(each)], blob, threads, self.devices, self.lost)
-        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # spawned children read their environment at start
-        try:
-            self.slots = [self._start(k) for k in range(workers)]
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        self.relay = threading.Thread(target=self._relay, args=(iter(items),), daemon=True, name="decode-relay")
+        self._items, self._pending, self._exhausted = iter(items), None, False
+        self._barren = 0  # workers that died in a row without a result between
+        self.slots = [self._start(k) for k in range(workers)]
+        self.relay = threading.Thread(target=self._relay, daemon=True, name="decode-relay")
         self.relay.start()
 
     def _start(self, k: int) -> _Slot:
         mine, theirs = self.ctx.Pipe(duplex=True)
         proc = self.ctx.Process(target=_worker, args=(theirs, *self._args(k)), daemon=True, name=f"videocap-decode-{k}")
-        proc.start()
+        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # spawned children read their environment at start
+        try:
+            proc.start()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         theirs.close()
         return _Slot(proc, mine)
 
@@ -312,42 +329,54 @@ class DecodePool:
         if device in self.devices:
             self.lost[self.devices.index(device)] = 1
 
-    def _relay(self, items) -> None:
-        from multiprocessing.connection import wait
-
-        pending = None  # the next job, taken from `items` but not yet sent
-        exhausted = False
-        while not self.stopping.is_set():
-            for slot in self.slots:
-                if slot is None or slot.ending:
-                    continue
-                while slot.held < self.hold:
-                    if pending is None and not exhausted:
-                        pending = next(items, None)
-                        exhausted = pending is None
-                    if pending is None:
-                        break
-                    if not self._send(slot, pending):
-                        break
-                    pending, slot.held = None, slot.held + 1
-                if exhausted and pending is None and not slot.ending:
-                    slot.ending = self._send(slot, None)
-            live = [s for s in self.slots if s is not None]
-            if not live:
-                break
-            ready = wait([s.conn for s in live] + [s.proc.sentinel for s in live], timeout=0.2)
-            for k, slot in enumerate(self.slots):
-                if slot is None:
-                    continue
-                if slot.conn in ready and not self._receive(slot):
-                    return
-                if slot.proc.sentinel in ready or slot.conn.closed:
-                    self.slots[k] = self._ended(k, slot, exhausted and pending is None)
-        else:
+    def _relay(self) -> None:
+        """Deal jobs, move results to `ready`, replace workers that die; then END once per consumer. Whatever
+        breaks here, the consumers still get their END (an engine never waits for ever)."""
+        try:
+            self._serve()
+        except BaseException:  # noqa: BLE001 - reported; the consumers must still hear the end
+            print("videocap: error: the decode pool's relay failed; the videos not yet decoded get no record "
+                  "(rerun the same command for them):", file=sys.stderr)
+            traceback.print_exc()
+            self._exhausted, self._pending = True, None
+        if self.stopping.is_set():
             return
         for _ in range(self.consumers):  # every worker has ended and every result is on `ready`
             if not self._put(self.ready, END):
                 return
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            for slot in self.slots:
+                if slot is not None:
+                    self._deal(slot)
+            live = [s for s in self.slots if s is not None]
+            if not live:
+                return
+            ready = wait([s.conn for s in live] + [s.proc.sentinel for s in live], timeout=0.2)
+            for k, slot in enumerate(self.slots):
+                if slot is None:
+                    continue
+                if slot.conn in ready:
+                    if not self._receive(slot):
+                        return
+                    self._deal(slot)  # its next video at once, not after the others' results
+                if slot.proc.sentinel in ready or slot.conn.closed:
+                    self.slots[k] = self._ended(k, slot)
+
+    def _deal(self, slot: _Slot) -> None:
+        """Send `slot` jobs up to its threads, or its end once there are none left."""
+        if slot.ending or slot.conn.closed:
+            return
+        while slot.held < self.hold:
+            if self._pending is None and not self._exhausted:
+                self._pending = next(self._items, None)
+                self._exhausted = self._pending is None
+            if self._pending is None or not self._send(slot, self._pending):
+                break
+            self._pending, slot.held = None, slot.held + 1
+        if self._exhausted and self._pending is None:
+            slot.ending = self._send(slot, None)
 
     def _send(self, slot: _Slot, job) -> bool:
         try:
@@ -364,21 +393,35 @@ class DecodePool:
             slot.conn.close()
             return True
         slot.held -= 1
+        self._barren = 0
         return self._put(self.ready, blob)
 
-    def _ended(self, k: int, slot: _Slot, done: bool) -> _Slot | None:
+    def _ended(self, k: int, slot: _Slot) -> _Slot | None:
         """`slot`'s worker has ended or its pipe closed: collect what it sent, then replace it if it died with jobs
         still to come; None once it is finished."""
         while not slot.conn.closed and slot.conn.poll():
             if not self._receive(slot):
                 break
         slot.proc.join(5)
+        if slot.proc.is_alive():  # its pipe closed, yet it lingers
+            slot.proc.terminate()
+            slot.proc.join()
         if not slot.conn.closed:
             slot.conn.close()
         if slot.proc.exitcode == 0 and slot.ending:
             return None
         self.died += 1  # killed mid-video (a decoder that crashed the process): what it held gets no record
-        return None if done else self._start(k)
+        self.exit_codes.append(slot.proc.exitcode)
+        self._barren += 1
+        if self._barren >= 3 * len(self.slots) and not self._exhausted:
+            # Workers that die before finishing anything (an import, a CUDA start-up or the model's image
+            # preparation failing in every process) would each swallow their jobs: stop dealing instead.
+            print(f"videocap: error: decode workers died {self._barren} times in a row without finishing a video "
+                  f"(the last exit code {slot.proc.exitcode}); the videos not yet decoded get no record (rerun the "
+                  "same command for them)", file=sys.stderr)
+            self._exhausted, self._pending = True, None
+        done = self._exhausted and self._pending is None
+        return None if done or self.stopping.is_set() else self._start(k)
 
     def _put(self, q, value) -> bool:
         """Put `value` on `q`, waiting while it is full; False when the pool stops first."""
@@ -393,7 +436,10 @@ class DecodePool:
     def stop(self) -> None:
         """Stop dealing jobs and end the workers (what they were decoding is dropped: nothing of it was written)."""
         self.stopping.set()
-        self.relay.join(5)
+        for slot in list(self.slots):  # first: a relay waiting on a worker then wakes
+            if slot is not None and slot.proc.is_alive():
+                slot.proc.terminate()
+        self.relay.join(30)  # it starts no worker once stopping, and waits on none for long
         slots = [s for s in self.slots if s is not None]
         for slot in slots:
             if slot.proc.is_alive():
