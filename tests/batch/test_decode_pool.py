@@ -6,7 +6,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,22 @@ from videocap.batch.decode import END, DecodePool, DecodeSettings
 from videocap.batch.inputs import Item
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "src" / "videocap" / "assets" / "example.mp4"
+
+
+def _items(n: int) -> list[Item]:
+    """n inputs, all the bundled example under ids v0.. (the pool only reads them)."""
+    return [Item(f"v{k}", str(EXAMPLE)) for k in range(n)]
+
+
+def _drain(pool) -> list:
+    """Every result the pool sends until END, unpickled; then the pool stopped."""
+    got = []
+    try:
+        while (blob := pool.ready.get(timeout=60)) != END:
+            got.append(pickle.loads(blob))
+    finally:
+        pool.stop()
+    return got
 
 
 class CrashOn:
@@ -31,24 +46,12 @@ class CrashOn:
 
 
 def test_a_dead_worker_is_replaced_and_the_rest_arrive(tmp_path):
-    items = []
-    for k in range(4):
-        path = tmp_path / f"v{k}.mp4"
-        shutil.copy(EXAMPLE, path)
-        items.append(Item(str(path), str(path)))
+    items = _items(4)
     settings = DecodeSettings("fast", "llava_next", frames=2)
-    # One worker: without the replacement, the job queue fills and the pool never ends.
+    # One worker: without its replacement, no worker would be left for the other videos.
     pool = DecodePool(items, settings, workers=1, prefetch=2, prepare=CrashOn(str(tmp_path / "crashed")),
                       context=mp.get_context("fork"))
-    got = []
-    try:
-        while True:
-            blob = pool.ready.get(timeout=60)
-            if blob == END:
-                break
-            got.append(pickle.loads(blob))
-    finally:
-        pool.stop()
+    got = _drain(pool)
     assert pool.died == 1
     assert len(got) == 3 and all(d.error is None for d in got)
     assert {d.item.id for d in got} < {it.id for it in items}
@@ -84,27 +87,16 @@ def test_a_gpu_decoder_failure_is_redone_on_the_cpu_not_recorded(monkeypatch):
             assert calls == ["cuda:0", None] and got.warnings == ("planned", f"decoded on the CPU: {want}")
 
 
-def test_threaded_workers_decode_every_video_once(tmp_path):
+def test_threaded_workers_decode_every_video_once():
     """`threads`: each process decodes several videos at once; every video arrives once, decoded as a one-thread
     worker decodes it, and the pool still ends with END."""
-    items = []
-    for k in range(7):
-        path = tmp_path / f"v{k}.mp4"
-        shutil.copy(EXAMPLE, path)
-        items.append(Item(f"v{k}", str(path)))
+    items = _items(7)
     settings = DecodeSettings("fast", "llava_next", frames=2)
 
     def collect(**kw):
-        pool = DecodePool(items, settings, prefetch=2, context=mp.get_context("fork"), **kw)
-        got = {}
-        try:
-            while (blob := pool.ready.get(timeout=60)) != END:
-                decoded = pickle.loads(blob)
-                assert decoded.item.id not in got
-                got[decoded.item.id] = decoded
-        finally:
-            pool.stop()
-        return got
+        got = _drain(DecodePool(items, settings, prefetch=2, context=mp.get_context("fork"), **kw))
+        assert len({d.item.id for d in got}) == len(got)
+        return {d.item.id: d for d in got}
 
     threaded, single = collect(workers=2, threads=3), collect(workers=1)
     assert sorted(threaded) == sorted(single) == [f"v{k}" for k in range(7)]
@@ -114,25 +106,16 @@ def test_threaded_workers_decode_every_video_once(tmp_path):
         assert np.array_equal(np.asarray(decoded.ready.image), np.asarray(single[key].ready.image))
 
 
-def test_a_lost_gpu_is_left_for_the_next_one_or_the_cpu(tmp_path):
+def test_a_lost_gpu_is_left_for_the_next_one_or_the_cpu():
     """Once a GPU is out of use (its engine failed), its workers decode on the next GPU still in use, else on the
     CPU; the plan records where each video was decoded."""
-    items = []
-    for k in range(4):
-        path = tmp_path / f"v{k}.mp4"
-        shutil.copy(EXAMPLE, path)
-        items.append(Item(f"v{k}", str(path)))
+    items = _items(4)
     settings = DecodeSettings("fast", "llava_next", frames=2)
 
     def where(lost):
         pool = DecodePool(items, settings, workers=2, prefetch=2, context=mp.get_context("fork"),
                           devices=("cuda:0", "cuda:1"), lost=lost)
-        got = []
-        try:
-            while (blob := pool.ready.get(timeout=60)) != END:
-                got.append(pickle.loads(blob))
-        finally:
-            pool.stop()
+        got = _drain(pool)
         assert len(got) == 4 and all(d.error is None for d in got)
         return {(d.plan.decode_device, any("decoded on the CPU" in w for w in d.ready.warnings)) for d in got}
 
@@ -156,11 +139,7 @@ def test_a_thread_that_dies_ends_its_process_and_the_pool_goes_on(tmp_path, monk
     anywhere) ends the whole process, as it would a one-thread worker: the pool replaces it and still ends."""
     from videocap.batch import decode
 
-    items = []
-    for k in range(5):
-        path = tmp_path / f"v{k}.mp4"
-        shutil.copy(EXAMPLE, path)
-        items.append(Item(f"v{k}", str(path)))
+    items = _items(5)
     marker, real = tmp_path / "raised", decode.decode_item
 
     def first_raises(item, settings, prepare=None):
@@ -172,12 +151,7 @@ def test_a_thread_that_dies_ends_its_process_and_the_pool_goes_on(tmp_path, monk
     monkeypatch.setattr(decode, "decode_item", first_raises)  # the forked workers inherit it
     pool = DecodePool(items, DecodeSettings("fast", "llava_next", frames=2), workers=1, threads=2, prefetch=2,
                       context=mp.get_context("fork"))
-    got = []
-    try:
-        while (blob := pool.ready.get(timeout=60)) != END:
-            got.append(pickle.loads(blob))
-    finally:
-        pool.stop()
+    got = _drain(pool)
     assert pool.died == 1
     # Lost: the video that raised, and the other thread's if it had not sent it yet.
     assert 3 <= len(got) <= 4 and all(d.error is None for d in got)
@@ -205,24 +179,12 @@ class CrashOnNth:
 def test_a_worker_of_several_threads_that_dies_mid_job_does_not_hang_the_pool(tmp_path):
     """A process that dies while its other threads are sending results (or waiting for jobs) takes no lock with
     it: each worker has its own pipe. Under the real start method, repeated to meet the timing."""
-    items = []
-    for k in range(24):
-        path = tmp_path / f"v{k}.mp4"
-        if k == 0:
-            shutil.copy(EXAMPLE, path)
-        else:
-            os.link(items[0].path, path)
-        items.append(Item(f"v{k}", str(path)))
+    items = _items(24)
     for attempt in range(3):
         counter = tmp_path / f"count{attempt}"
         pool = DecodePool(items, DecodeSettings("fast", "llava_next", frames=2), workers=2, threads=3, prefetch=4,
                           prepare=CrashOnNth(str(counter), 6 + attempt))
-        got = []
-        try:
-            while (blob := pool.ready.get(timeout=60)) != END:
-                got.append(pickle.loads(blob).item.id)
-        finally:
-            pool.stop()
+        got = [d.item.id for d in _drain(pool)]
         assert pool.exit_codes == [3]
         assert len(set(got)) == len(got) and len(items) - 3 <= len(got) < len(items)  # at most its 3 threads' videos
 
@@ -232,20 +194,11 @@ class AlwaysCrash:
         os._exit(3)
 
 
-def _drain(pool) -> list:
-    got = []
-    try:
-        while (blob := pool.ready.get(timeout=60)) != END:
-            got.append(pickle.loads(blob))
-    finally:
-        pool.stop()
-    return got
 
-
-def test_workers_that_always_die_stop_the_pool_not_swallow_the_job(tmp_path, capsys):
+def test_workers_that_always_die_stop_the_pool_not_swallow_the_job(capsys):
     """Workers that die before finishing anything (every process failing the same way) are not replaced for ever,
     each swallowing its jobs: after a few deaths in a row the pool stops dealing and ends, saying why."""
-    items = [Item(f"v{k}", str(EXAMPLE)) for k in range(40)]
+    items = _items(40)
     pool = DecodePool(items, DecodeSettings("fast", "llava_next", frames=2), workers=2, prefetch=2,
                       prepare=AlwaysCrash(), context=mp.get_context("fork"))
     assert _drain(pool) == []
