@@ -144,9 +144,12 @@ def lower_priority() -> None:
         pass
 
 
-def _worker(conn, settings: DecodeSettings, prepare_blob: bytes | None, threads: int = 1,
+def _worker(conn, theirs, settings: DecodeSettings, prepare_blob: bytes | None, threads: int = 1,
             devices: Sequence[str] = (), lost=None) -> None:
-    """A decode process: jobs arrive on `conn` (an Item, or None: finish and end), results go back on it."""
+    """A decode process: jobs arrive on `conn` (an Item, or None: finish and end), results go back on it. `theirs`:
+    the job's end of the same pipe, closed here at once (a forked worker inherits it, and holding it open would
+    keep a send to a dead job waiting for ever)."""
+    theirs.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     lower_priority()
     prepare = pickle.loads(prepare_blob) if prepare_blob is not None else None
@@ -309,7 +312,8 @@ class DecodePool:
 
     def _start(self, k: int) -> _Slot:
         mine, theirs = self.ctx.Pipe(duplex=True)
-        proc = self.ctx.Process(target=_worker, args=(theirs, *self._args(k)), daemon=True, name=f"videocap-decode-{k}")
+        proc = self.ctx.Process(target=_worker, args=(theirs, mine, *self._args(k)), daemon=True,
+                                name=f"videocap-decode-{k}")
         env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # spawned children read their environment at start
