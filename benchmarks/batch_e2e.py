@@ -296,8 +296,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="comma-separated: one end-to-end run per decode device, e.g. cpu,cuda (default: cpu)")
     ap.add_argument("--no-supply", action="store_true", help="skip the decode pool's supply measurement")
     ap.add_argument("--gpu-layouts", default=None,
-                    help="comma-separated PROCESSESxTHREADS[/PREFETCH] for each GPU decode device, e.g. 15x1,2x8/128 (one "
-                    "supply measurement and one end-to-end run each; default: the decode workers x 1)")
+                    help="comma-separated PROCESSESxTHREADS[/PREFETCH] for each GPU decode device, e.g. "
+                    "15x1,2x8/128 (one supply measurement and one end-to-end run each; default: the decode "
+                    "workers x 1)")
     ap.add_argument("--gpu-memory-fraction", type=float, default=0.9,
                     help="the engine's KV-cache share (the same engine serves every run; leave room for GPU decoders)")
     ap.add_argument("--mps", action="store_true",
@@ -387,7 +388,8 @@ def main(argv: list[str] | None = None) -> dict:
         supply["layout"] = f"{procs} x {threads}"
         res["supply"][name] = supply
         save()
-        log(f"  {supply['videos_per_s']:.2f} videos/s; a worker's seconds per video {supply['worker_s_per_video']:.2f}: "
+        log(f"  {supply['videos_per_s']:.2f} videos/s; a worker's seconds per video "
+            f"{supply['worker_s_per_video']:.2f}: "
             + ", ".join(f"{k} {v:.2f}" for k, v in supply["stages_s_per_video"].items()))
     res["e2e_runs"] = {}
     for name, decode_device, procs, threads, prefetch in variants:

@@ -3,7 +3,8 @@
 Each worker is handed items over a pipe of its own, turns each into a `Decoded` (the plan and, for the fast mode,
 the layout image already prepared by the family's processor — pixels ready for the engine; or an error record's
 reason) and sends it back pickled; the pool's relay thread moves it to a bounded ready queue. A full ready queue
-stops the relay, and so the workers: that is the prefetch bound, and it caps the memory decoded videos hold. The engine side never decodes in the fast mode.
+stops the relay, and so the workers: that is the prefetch bound, and it caps the memory decoded videos hold. The
+engine side never decodes in the fast mode.
 The sliding mode decodes its frames as its steps need them (two at a time, conditioned on the captions before),
 so its workers only probe and plan; its frames are decoded in the engine's process.
 
@@ -276,11 +277,10 @@ class DecodePool:
     """`workers` decode processes over `items`; `ready` is the queue their results arrive on (pickled `Decoded`s,
     then `END` once per consumer). `prepare`: the processor's `prepare_image` (picklable) or None. `ready`: a
     multiprocessing queue made beforehand (engine processes spawned before the pool hold it); by default a queue
-    for this process. `devices`: the GPUs that decode, dealt to
-    the workers in turn (None: `settings.device` for all). `threads`: videos each worker process decodes at once
-    (GPU decoding: fewer processes, so fewer CUDA contexts, for the same number of videos in flight). `lose_device`
-    (or `lost` at the start) takes a GPU out of use, say when its engine failed: its workers move to the next GPU
-    still in use, or to the CPU.
+    for this process. `devices`: the GPUs that decode, dealt to the workers in turn (None: `settings.device` for
+    all). `threads`: videos each worker process decodes at once (GPU decoding: fewer processes, so fewer CUDA
+    contexts, for the same number of videos in flight). `lose_device` (or `lost` at the start) takes a GPU out of
+    use, say when its engine failed: its workers move to the next GPU still in use, or to the CPU.
 
     Each worker has a pipe of its own to this process, where one thread (the relay) deals out jobs and moves
     results to `ready`: a worker that dies, whatever it was doing, leaves no shared lock taken and strands no job
@@ -294,8 +294,8 @@ class DecodePool:
         self.ready = ready if ready is not None else queue.Queue(maxsize=max(1, prefetch))
         self.stopping = threading.Event()
         self.died = 0  # workers that ended with an error
-        self.exit_codes: list[int | None] = []  # theirs
-        self.threads, self.consumers = threads, consumers
+        self.exit_codes: list[int | None] = []  # of the workers that died, in order
+        self.consumers = consumers
         self.hold = threads  # jobs a worker holds: one a thread (a worker that dies loses no job waiting in it)
         blob = pickle.dumps(prepare) if prepare is not None else None
         each = [replace(settings, device=d) for d in devices] if devices else [settings]

@@ -52,10 +52,10 @@ class Summary:
         if self.inputs and self.skipped == self.inputs:
             lines.append("nothing to do: every input already has a record (--retry-failed redoes the errors)")
         elif self.wall_seconds > 0:
+            threads = f" x {self.decode_threads} threads" if self.decode_threads > 1 else ""
             lines.append(f"{self.videos_per_hour:,.0f} videos/hour over {self.wall_seconds:.1f} s (model load "
                          f"{self.load_seconds:.1f} s); GPU busy {self.gpu_busy:.0%} ({self.engines} engine(s), "
-                         f"{self.decode_workers} decode workers" + (f" x {self.decode_threads} threads" if self.decode_threads > 1
-                                                                    else "") + ")")
+                         f"{self.decode_workers} decode workers{threads})")
         if self.out_of_memory:
             lines.append(f"out of memory {self.out_of_memory} time(s): batches were shrunk and retried")
         if self.interrupted:
